@@ -1,0 +1,30 @@
+# make run  : set up the virtual environment and start the studio on the demo model
+# make test : set up and run the test suite (CPU, offline)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Torch comes first and on its own: pick the build that fits the machine (Ascend users
+# install the torch their torch_npu needs, then `make run` keeps it).
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+HOST ?= 127.0.0.1
+PORT ?= 7860
+
+.PHONY: setup run test bench clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(PY) app.py --host $(HOST) --port $(PORT)
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,33 @@
+"""Where the studio keeps its data: one projects folder holding the store and each project."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+PROJECTS_ENV = "STUDIO_PROJECTS_DIR"
+DEFAULT_PROJECTS_DIR = "projects"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def projects_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The projects folder: the explicit value, else $STUDIO_PROJECTS_DIR, else ./projects."""
+    value = explicit or os.environ.get(PROJECTS_ENV) or DEFAULT_PROJECTS_DIR
+    path = Path(value).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_project_name(name: str) -> str:
+    """Project names become folder names, so they may not hold separators or start with a dot."""
+    if not _NAME_RE.match(name or ""):
+        raise ValueError(
+            f"invalid project name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def demo_model_dir(projects: Path) -> Path:
+    """The embedded demo model is built once per projects folder, here."""
+    return projects / "_models" / "demo"

@@ -1,0 +1,173 @@
+"""The project store: one SQLite file (WAL mode) at <projects>/studio.db, via sqlite-utils.
+
+Schema changes are numbered migrations; PRAGMA user_version records how many ran.
+All access goes through one connection guarded by a lock, so the UI's worker threads
+share it safely and writes are serialised (one writer at a time).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import threading
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import sqlite_utils
+from PIL import Image
+
+from .paths import check_project_name
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _v1_initial(db: sqlite_utils.Database) -> None:
+    db["projects"].create(
+        {"id": int, "name": str, "created_at": str, "settings": str},
+        pk="id", not_null={"name", "created_at"}, defaults={"settings": "{}"},
+    )
+    db["projects"].create_index(["name"], unique=True)
+    db["pairs"].create(
+        {"id": int, "project_id": int, "sample_id": str, "source_path": str,
+         "target_path": str, "instruction": str, "extra_sources": str,
+         "split": str, "created_at": str},
+        pk="id", foreign_keys=[("project_id", "projects", "id")],
+        not_null={"project_id", "sample_id", "created_at"},
+        defaults={"extra_sources": "[]", "split": "train", "instruction": ""},
+    )
+    db["pairs"].create_index(["project_id", "sample_id"], unique=True)
+    db["runs"].create(
+        {"id": int, "project_id": int, "name": str, "status": str, "command": str,
+         "config": str, "run_dir": str, "pid": int, "exit_code": int,
+         "created_at": str, "started_at": str, "ended_at": str},
+        pk="id", foreign_keys=[("project_id", "projects", "id")],
+        not_null={"project_id", "status", "created_at"}, defaults={"config": "{}"},
+    )
+    db["runs"].create_index(["project_id", "status"])
+    db["adapters"].create(
+        {"id": int, "project_id": int, "run_id": int, "name": str, "step": int,
+         "path": str, "created_at": str},
+        pk="id", foreign_keys=[("project_id", "projects", "id"), ("run_id", "runs", "id")],
+        not_null={"name", "path", "created_at"},
+    )
+    db["adapters"].create_index(["project_id"])
+    db["edits"].create(
+        {"id": int, "project_id": int, "model": str, "prompt": str, "negative_prompt": str,
+         "seed": int, "steps": int, "cfg": float, "width": int, "height": int,
+         "adapters": str, "inputs": str, "output_path": str, "seconds": float,
+         "created_at": str},
+        pk="id", foreign_keys=[("project_id", "projects", "id")],
+        not_null={"project_id", "output_path", "created_at"}, defaults={"adapters": "[]"},
+    )
+    db["edits"].create_index(["project_id", "created_at"])
+
+
+# Append only: never edit a migration that has shipped, add the next one.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Store:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path = self.root / "studio.db"
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        self.db = sqlite_utils.Database(conn)
+        self._lock = threading.RLock()
+        with self._lock:
+            self.db.enable_wal()
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.migrate()
+
+    # -- schema -------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def migrate(self) -> int:
+        """Run the migrations this file has not seen yet, each in its own transaction."""
+        with self._lock:
+            current = self.version
+            if current > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has schema version {current}, newer than this studio "
+                    f"({SCHEMA_VERSION}); upgrade the studio"
+                )
+            for number in range(current, SCHEMA_VERSION):
+                with self.db.atomic():
+                    MIGRATIONS[number](self.db)
+                    self.db.execute(f"PRAGMA user_version = {number + 1}")
+            return self.version
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.conn.close()
+
+    # -- projects -----------------------------------------------------------
+    def project_dir(self, name: str) -> Path:
+        return self.root / check_project_name(name)
+
+    def create_project(self, name: str) -> dict[str, Any]:
+        check_project_name(name)
+        with self._lock:
+            if self.get_project(name):
+                raise ValueError(f"project {name!r} already exists")
+            with self.db.atomic():
+                self.db["projects"].insert({"name": name, "created_at": now(), "settings": "{}"})
+            self.project_dir(name).mkdir(parents=True, exist_ok=True)
+            return self.get_project(name)
+
+    def get_project(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            rows = list(self.db["projects"].rows_where("name = ?", [name], limit=1))
+        return rows[0] if rows else None
+
+    def require_project(self, name: str) -> dict[str, Any]:
+        project = self.get_project(name)
+        if project is None:
+            raise KeyError(f"no project named {name!r}; create it with: python -m studio project create {name}")
+        return project
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.db["projects"].rows_where(order_by="name"))
+
+    def delete_project(self, name: str) -> None:
+        project = self.require_project(name)
+        with self._lock, self.db.atomic():
+            for table in ("edits", "adapters", "runs", "pairs"):
+                self.db.execute(f"DELETE FROM {table} WHERE project_id = ?", [project["id"]])
+            self.db.execute("DELETE FROM projects WHERE id = ?", [project["id"]])
+        shutil.rmtree(self.project_dir(name), ignore_errors=True)
+
+    # -- edit history -------------------------------------------------------
+    def save_edit(self, project: str, inputs: list[Image.Image], output: Image.Image,
+                  params: dict[str, Any], seconds: float) -> dict[str, Any]:
+        """Keep one finished edit: its images under <project>/edits/<n>/, its row in `edits`."""
+        pid = self.require_project(project)["id"]
+        folder = self.project_dir(project) / "edits" / uuid.uuid4().hex[:12]
+        folder.mkdir(parents=True)
+        input_paths = []
+        for i, image in enumerate(inputs):
+            input_paths.append(str(folder / f"input_{i}.png"))
+            image.save(input_paths[-1])
+        output.save(folder / "output.png")
+        row = {key: params.get(key) for key in
+               ("model", "prompt", "negative_prompt", "seed", "steps", "cfg", "width", "height")}
+        row.update(project_id=pid, adapters=json.dumps(params.get("adapters", [])),
+                   inputs=json.dumps(input_paths), output_path=str(folder / "output.png"),
+                   seconds=round(seconds, 3), created_at=now())
+        with self._lock, self.db.atomic():
+            row["id"] = self.db["edits"].insert(row).last_pk
+        return row
+
+    def list_edits(self, project: str, limit: int = 50) -> list[dict[str, Any]]:
+        pid = self.require_project(project)["id"]
+        with self._lock:
+            return list(self.db["edits"].rows_where(
+                "project_id = ?", [pid], order_by="id desc", limit=limit))
