@@ -1,0 +1,1 @@
+"""Runs models: loading Qwen-Image-Edit folders, devices, editing, the demo model."""

@@ -1,0 +1,29 @@
+"""Which device and dtype the engine runs on: cuda, then npu, then mps, then cpu."""
+from __future__ import annotations
+
+import torch
+
+from .npu import npu_available
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def pick_device(requested: str | None = None) -> str:
+    if requested and requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if npu_available():
+        return "npu"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device: str, requested: str | None = None) -> torch.dtype:
+    """bf16 on accelerators, fp32 on CPU (bf16 matmuls are slow on most CPUs)."""
+    if requested and requested != "auto":
+        if requested not in DTYPES:
+            raise ValueError(f"unknown dtype {requested!r}; choose one of {', '.join(DTYPES)}")
+        return DTYPES[requested]
+    return torch.float32 if device.split(":")[0] == "cpu" else torch.bfloat16
