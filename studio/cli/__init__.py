@@ -1,0 +1,33 @@
+"""`python -m studio …`: the studio without a browser, for SSH sessions on clusters.
+
+Each sub-module adds its sub-commands with `register(subparsers)`; a handler gets the
+parsed arguments and returns the exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import edit, models, project
+
+COMMAND_MODULES = (models, project, edit)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m studio", description=__doc__.splitlines()[0])
+    parser.add_argument("--projects-dir", default=None,
+                        help="data folder (default: $STUDIO_PROJECTS_DIR or ./projects)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return 2

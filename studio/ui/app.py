@@ -1,0 +1,86 @@
+"""Builds the Gradio app and starts it."""
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+
+import gradio as gr
+
+from ..engine.editor import Editor
+from ..engine.models import resolve_model
+from ..paths import projects_dir
+from ..store import Store
+from . import edit_tab, project_bar, upcoming
+
+AUTH_ENV = "STUDIO_AUTH"
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise SystemExit("--auth / STUDIO_AUTH must look like USER:PASS")
+    return user, password
+
+
+def demo_notice(editor: Editor) -> str:
+    if not editor.info.is_demo:
+        return f"Model: `{editor.info.path}` ({editor.info.pipeline_class}) on {editor.device}"
+    return (
+        "**Demo model: random weights, so every output is noise.** It has the exact "
+        "Qwen-Image-Edit architecture at tiny size, so every feature can be tried on a CPU. "
+        "For real edits start the studio with `python app.py --model /path/to/Qwen-Image-Edit` "
+        "(or set `STUDIO_MODEL`)."
+    )
+
+
+def build_app(store: Store, editor: Editor) -> gr.Blocks:
+    with gr.Blocks(title="Qwen Image Edit Studio") as app:
+        gr.Markdown("# Qwen Image Edit Studio")
+        gr.Markdown(demo_notice(editor), elem_id="model-notice")
+        project = project_bar.build(store)
+        with gr.Tabs():
+            with gr.Tab("Dataset"):
+                upcoming.build("Dataset", "curating source/edited pairs and writing metadata_edit.csv")
+            with gr.Tab("Train"):
+                upcoming.build("Train", "LoRA fine-tuning under accelerate launch, monitored live")
+            with gr.Tab("Edit", id="edit"):
+                edit_tab.build(store, editor, project)
+            with gr.Tab("Compare"):
+                upcoming.build("Compare", "one input through several adapters, side by side")
+    return app
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Qwen Image Edit Studio (browser app)")
+    p.add_argument("--model", default=None, help="model folder or 'demo' (default: $STUDIO_MODEL or demo)")
+    p.add_argument("--projects-dir", default=None, help="data folder (default: $STUDIO_PROJECTS_DIR or ./projects)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--auth", default=os.environ.get(AUTH_ENV), help="USER:PASS (or $STUDIO_AUTH)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--cpu-offload", action="store_true")
+    p.add_argument("--vae-tiling", action="store_true")
+    p.add_argument("--max-upload", default="50mb", help="largest accepted upload")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    auth = parse_auth(args.auth)
+    root = projects_dir(args.projects_dir)
+    store = Store(root)
+    if not store.list_projects():
+        store.create_project("default")
+    editor = Editor(resolve_model(args.model, root), device=args.device, dtype=args.dtype,
+                    cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling)
+    # Load the pipeline while the page is served, so the first edit does not wait for it.
+    threading.Thread(target=lambda: editor.pipeline, daemon=True, name="load-model").start()
+    app = build_app(store, editor)
+    app.queue(default_concurrency_limit=None)
+    app.launch(server_name=args.host, server_port=args.port, auth=auth,
+               max_file_size=args.max_upload, show_error=True)
+    return 0
