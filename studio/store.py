@@ -66,8 +66,25 @@ def _v1_initial(db: sqlite_utils.Database) -> None:
     db["edits"].create_index(["project_id", "created_at"])
 
 
+def _v2_pair_curation(db: sqlite_utils.Database) -> None:
+    """What dataset curation needs per pair: content hashes, sizes, validation state."""
+    pairs = db["pairs"]
+    for column, kind in (("source_hash", str), ("target_hash", str), ("pair_key", str),
+                         ("source_width", int), ("source_height", int),
+                         ("target_width", int), ("target_height", int),
+                         ("issues", str), ("meta", str), ("updated_at", str)):
+        pairs.add_column(column, kind)
+    pairs.add_column("status", str, not_null_default="ok")
+    # (project_id, id) serves paging; pair_key makes re-imports add nothing.
+    pairs.create_index(["project_id", "id"], index_name="idx_pairs_project_page")
+    pairs.create_index(["project_id", "pair_key"], unique=True, index_name="idx_pairs_key")
+    pairs.create_index(["project_id", "source_hash"], index_name="idx_pairs_source_hash")
+    pairs.create_index(["project_id", "target_hash"], index_name="idx_pairs_target_hash")
+    pairs.create_index(["project_id", "split", "id"], index_name="idx_pairs_split")
+
+
 # Append only: never edit a migration that has shipped, add the next one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial, _v2_pair_curation]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -103,6 +120,13 @@ class Store:
                     MIGRATIONS[number](self.db)
                     self.db.execute(f"PRAGMA user_version = {number + 1}")
             return self.version
+
+    @property
+    def pairs(self):
+        """Pair persistence (dataset curation) lives in studio/pairs_store.py."""
+        from .pairs_store import Pairs
+
+        return Pairs(self)
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,92 @@
+"""The import entry points the CLI and the Dataset tab call; each returns an ImportReport."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..store import Store
+from .checks import DEFAULT_MAX_PIXELS
+from .ingest import Progress, ingest
+from .metadata import metadata_candidates
+from .pairing import fileset_candidates
+from .parquet_import import ParquetImport, parse_min_scores
+from .report import ImportReport
+from .sources import Candidate, FileSet, FolderFiles, ListFiles, ZipFiles, path_ref
+
+
+def _run(store: Store, project: str, candidates, report: ImportReport, progress: Progress | None,
+         max_pixels: int, total: int | None = None) -> ImportReport:
+    total = len(candidates) if total is None and hasattr(candidates, "__len__") else total
+    return ingest(store, project, candidates, report, total=total, progress=progress,
+                  max_pixels=max_pixels)
+
+
+def import_pair(store: Store, project: str, source: str | Path, target: str | Path,
+                instruction: str, sample_id: str | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> ImportReport:
+    report = ImportReport()
+    candidate = Candidate(row="pair", source=path_ref(source), target=path_ref(target),
+                          instruction=instruction, sample_id=sample_id,
+                          meta={"origin": "upload"})
+    return _run(store, project, [candidate], report, None, max_pixels)
+
+
+def import_fileset(store: Store, project: str, files: FileSet, progress: Progress | None = None,
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> ImportReport:
+    report = ImportReport()
+    candidates = fileset_candidates(files, report)
+    if not candidates and not report.errors:
+        report.notes.append(f"{files.label}: no pairs found")
+    return _run(store, project, candidates, report, progress, max_pixels)
+
+
+def import_folder(store: Store, project: str, folder: str | Path, **options) -> ImportReport:
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}")
+    return import_fileset(store, project, FolderFiles(folder), **options)
+
+
+def import_zip(store: Store, project: str, path: str | Path, **options) -> ImportReport:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"zip file not found: {path}")
+    return import_fileset(store, project, ZipFiles(path), **options)
+
+
+def import_files(store: Store, project: str, paths: list[str | Path], **options) -> ImportReport:
+    return import_fileset(store, project, ListFiles(paths), **options)
+
+
+def import_metadata(store: Store, project: str, path: str | Path, progress: Progress | None = None,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> ImportReport:
+    """A metadata_edit.csv, or DiffSynth/musubi JSON or JSONL; paths relative to its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"metadata file not found: {path}")
+    report = ImportReport()
+    files = FolderFiles(path.parent, names=[path.name])
+    candidates = metadata_candidates(files, path.name, report)
+    return _run(store, project, candidates, report, progress, max_pixels)
+
+
+def import_parquet(store: Store, project: str, path: str | Path, columns: str | None = None,
+                   limit: int | None = None, offset: int = 0, min_scores: list[str] | dict | None = None,
+                   progress: Progress | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImportReport:
+    report = ImportReport()
+    if not isinstance(min_scores, dict):
+        min_scores = parse_min_scores(min_scores)
+    rows = ParquetImport(path, report, columns=columns, limit=limit, offset=offset, min_scores=min_scores)
+    return _run(store, project, rows, report, progress, max_pixels, total=rows.total)
+
+
+def import_path(store: Store, project: str, path: str | Path, **options) -> ImportReport:
+    """Any one uploaded or given file or folder, by its kind."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        return import_folder(store, project, path, **options)
+    if suffix == ".zip":
+        return import_zip(store, project, path, **options)
+    if suffix == ".parquet":
+        return import_parquet(store, project, path, **options)
+    if suffix in (".csv", ".json", ".jsonl"):
+        return import_metadata(store, project, path, **options)
+    return import_files(store, project, [path], **options)

@@ -1,0 +1,111 @@
+"""Turning candidate pairs into stored pairs: check each image, store it once, insert rows.
+
+Rows are committed in batches, so an import that fails half-way keeps what it stored,
+and a bad row is reported (by row and reason) without stopping the others.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Iterable
+
+from ..pairs_store import safe_sample_id, status_of
+from ..store import Store
+from .checks import DEFAULT_MAX_PIXELS, issue, pair_issues
+from .images import BadImage, PreparedImage, prepare_image, store_image
+from .report import ImportReport
+from .sources import Candidate, ImageRef
+
+MAX_INPUT_IMAGES = 3  # Qwen-Image-Edit-2509/2511 take up to three input images
+Progress = Callable[[int, int | None], None]
+
+
+def pair_key(source: str, extras: list[str], target: str, instruction: str) -> str:
+    return hashlib.sha256("|".join([source, *extras, target, instruction]).encode()).hexdigest()
+
+
+def _prepare(ref: ImageRef) -> PreparedImage:
+    try:
+        data = ref.read()
+    except (OSError, KeyError, ValueError) as exc:
+        raise BadImage(f"{ref.name}: cannot be read ({exc})") from None
+    return prepare_image(data, ref.name)
+
+
+def build_row(store: Store, project: str, candidate: Candidate,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Check and store one candidate's images; returns the pair row (not yet inserted)."""
+    if len(candidate.extra_sources) > MAX_INPUT_IMAGES - 1:
+        raise BadImage(f"{1 + len(candidate.extra_sources)} input images; at most {MAX_INPUT_IMAGES}")
+    source, target = _prepare(candidate.source), _prepare(candidate.target)
+    extras = [_prepare(ref) for ref in candidate.extra_sources]
+    folder = store.project_dir(project)
+    instruction = candidate.instruction or ""
+    key = pair_key(source.hash, [e.hash for e in extras], target.hash, instruction)
+    notes = [note for image in (source, *extras, target) for note in image.notes]
+    row = {
+        "sample_id": safe_sample_id(candidate.sample_id, key[:12]),
+        "source_path": store_image(folder, source), "target_path": store_image(folder, target),
+        "extra_sources": [store_image(folder, e) for e in extras],
+        "instruction": instruction, "split": "train",
+        "source_hash": source.hash, "target_hash": target.hash, "pair_key": key,
+        "source_width": source.width, "source_height": source.height,
+        "target_width": target.width, "target_height": target.height,
+        "meta": {**candidate.meta, **({"notes": notes} if notes else {})},
+    }
+    row["issues"] = pair_issues(row, max_pixels)
+    row["status"] = status_of(row["issues"])
+    return row
+
+
+def ingest(store: Store, project: str, candidates: Iterable[Candidate], report: ImportReport,
+           total: int | None = None, progress: Progress | None = None,
+           max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = 200) -> ImportReport:
+    pairs = store.pairs
+    pairs.project_id(project)  # fail before reading anything if the project is missing
+    batch: list[dict] = []
+    rows_of: dict[str, str] = {}
+
+    def flush() -> None:
+        inserted, present = pairs.add(project, batch)
+        report.added += len(inserted)
+        report.already_present += present
+        for row in inserted:
+            for problem in row["issues"]:
+                if problem["level"] != "info":
+                    report.warnings.append((rows_of[row["pair_key"]],
+                                            f"{problem['level']}: {problem['message']}"))
+        batch.clear()
+        rows_of.clear()
+
+    done = 0
+    for candidate in candidates:
+        try:
+            row = build_row(store, project, candidate, max_pixels)
+        except BadImage as exc:
+            report.error(candidate.row, str(exc))
+        else:
+            batch.append(row)
+            rows_of.setdefault(row["pair_key"], candidate.row)
+            if len(batch) >= batch_size:
+                flush()
+        done += 1
+        if progress:  # rows dropped by a score filter count as looked at
+            progress(done + report.filtered, total)
+    if batch:
+        flush()
+    if report.added:
+        mark_duplicates(store, project, max_pixels)
+    return report
+
+
+def mark_duplicates(store: Store, project: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """Warn on every pair that shares both images with another pair; returns how many."""
+    pairs, updates = store.pairs, []
+    for group in pairs.duplicate_groups(project):
+        for pair_id, sample_id in group:
+            others = ", ".join(s for i, s in group if i != pair_id)
+            row = pairs.require(project, pair_id)
+            updates.append((pair_id, pair_issues(row, max_pixels) + [
+                issue("warning", f"duplicate: same source and target images as {others}")]))
+    pairs.set_issues(updates)
+    return len(updates)

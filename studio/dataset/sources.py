@@ -1,0 +1,134 @@
+"""What importers produce: candidate pairs whose images are read lazily, and file sets.
+
+A file set (a folder, a zip, a list of uploaded files) is a mapping of POSIX relative
+names to readers, so pairing and metadata code never touches the file system directly,
+and nothing in a zip is ever extracted.
+"""
+from __future__ import annotations
+
+import posixpath
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+MAX_MEMBER_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class ImageRef:
+    name: str                      # shown in messages: a file name, or "row 12 source_image"
+    read: Callable[[], bytes]
+
+
+@dataclass
+class Candidate:
+    row: str                       # where it came from, for reports ("row 12", "pair 0001")
+    source: ImageRef
+    target: ImageRef
+    instruction: str
+    extra_sources: list[ImageRef] = field(default_factory=list)
+    sample_id: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def bytes_ref(name: str, data: bytes) -> ImageRef:
+    return ImageRef(name, lambda: data)
+
+
+def path_ref(path: str | Path, name: str | None = None) -> ImageRef:
+    path = Path(path)
+    return ImageRef(name or path.name, path.read_bytes)
+
+
+class FileSet:
+    """Named files: `names` in a stable order, `read(name)`, `label(name)` for messages."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.names: list[str] = []
+
+    def read(self, name: str) -> bytes:
+        raise NotImplementedError
+
+    def ref(self, name: str) -> ImageRef:
+        return ImageRef(name, lambda: self.read(name))
+
+    def resolve(self, base: str, reference: str) -> str | None:
+        """A metadata file's reference, relative to its folder, as a name in this set."""
+        joined = posixpath.normpath(posixpath.join(posixpath.dirname(base), reference.replace("\\", "/")))
+        return joined if joined in self._index else None
+
+    @property
+    def _index(self) -> set[str]:
+        if not hasattr(self, "_names_set"):
+            self._names_set = set(self.names)
+        return self._names_set
+
+
+class FolderFiles(FileSet):
+    def __init__(self, root: str | Path, names: list[str] | None = None):
+        self.root = Path(root)
+        super().__init__(str(self.root))
+        if names is None:
+            names = sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
+                           if p.is_file() and not _hidden(p.relative_to(self.root).as_posix()))
+        self.names = names
+
+    def read(self, name: str) -> bytes:
+        return (self.root / name).read_bytes()
+
+    def resolve(self, base: str, reference: str) -> str | None:
+        # Metadata on disk may point anywhere the user chose, absolute paths included.
+        found = super().resolve(base, reference)
+        if found:
+            return found
+        path = Path(reference) if Path(reference).is_absolute() else self.root / posixpath.dirname(base) / reference
+        if path.is_file():
+            self.names.append(str(path))
+            self._index.add(str(path))
+            return str(path)
+        return None
+
+
+class ListFiles(FileSet):
+    """Uploaded files: known by base name (uploads arrive in separate temporary folders)."""
+
+    def __init__(self, paths: list[str | Path]):
+        super().__init__("uploaded files")
+        self.paths: dict[str, Path] = {}
+        for path in map(Path, paths):
+            self.paths.setdefault(path.name, path)
+        self.names = sorted(self.paths)
+
+    def read(self, name: str) -> bytes:
+        return self.paths[name].read_bytes()
+
+
+class ZipFiles(FileSet):
+    """A zip read in place. Entries with absolute paths or `..` make the whole zip refused."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(str(path))
+        try:
+            self.zip = zipfile.ZipFile(path)
+        except zipfile.BadZipFile:
+            raise ValueError(f"{path}: not a zip file") from None
+        for info in self.zip.infolist():
+            name = info.filename
+            parts = PurePosixPath(name.replace("\\", "/")).parts
+            if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
+                raise ValueError(f"{path}: refused, entry {name!r} points outside the archive")
+            if not info.is_dir() and not _hidden(name):
+                self.names.append(name)
+        self.names.sort()
+
+    def read(self, name: str) -> bytes:
+        size = self.zip.getinfo(name).file_size
+        if size > MAX_MEMBER_BYTES:  # a zip bomb would otherwise be inflated into memory
+            raise ValueError(f"{name}: {size:,} bytes uncompressed, over the {MAX_MEMBER_BYTES:,} limit")
+        return self.zip.read(name)
+
+
+def _hidden(name: str) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in name.split("/"))

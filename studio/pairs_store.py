@@ -1,0 +1,228 @@
+"""Pair persistence for dataset curation: the `pairs` table of the project store.
+
+Rows keep image paths relative to the project folder (so a projects folder can move) and
+JSON text for lists and dicts; the methods here decode them. Paging reads ids from the
+(project_id, id) index first, so a page costs the same at pair 50 and at pair 99,950.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .store import Store, now
+
+SPLITS = ("train", "validation")
+_JSON_COLUMNS = {"extra_sources": [], "issues": [], "meta": {}}
+_SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_sample_id(hint: str | None, fallback: str) -> str:
+    """sample_ids become file names on export, so keep them to [A-Za-z0-9._-]."""
+    cleaned = _SAFE_ID.sub("_", str(hint or "")).strip("._-")[:80]
+    return cleaned or fallback
+
+
+def status_of(issues: list[dict[str, str]]) -> str:
+    levels = {issue["level"] for issue in issues}
+    return "error" if "error" in levels else "warning" if "warning" in levels else "ok"
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    for column, empty in _JSON_COLUMNS.items():
+        value = row.get(column)
+        row[column] = json.loads(value) if value else type(empty)()
+    return row
+
+
+def _like(text: str) -> str:
+    return "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
+
+
+class Pairs:
+    def __init__(self, store: Store):
+        self.store = store
+        self.db = store.db
+        self._lock = store._lock
+
+    def project_id(self, project: str) -> int:
+        return self.store.require_project(project)["id"]
+
+    def images_dir(self, project: str) -> Path:
+        return self.store.project_dir(project) / "images"
+
+    def path(self, project: str, relative: str) -> Path:
+        return self.store.project_dir(project) / relative
+
+    # -- writing ------------------------------------------------------------
+    def add(self, project: str, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+        """Insert new pairs in one transaction; returns (inserted rows, count already present).
+
+        A row whose pair_key (its images and instruction) is already in the project is
+        skipped, so importing the same data twice adds nothing. sample_ids are made unique
+        by suffixing `_2`, `_3`… when another pair already uses the name.
+        """
+        pid = self.project_id(project)
+        inserted: list[dict[str, Any]] = []
+        with self._lock, self.db.atomic():
+            keys = [row["pair_key"] for row in rows]
+            present = self._present(pid, "pair_key", keys)
+            taken = self._present(pid, "sample_id", [row["sample_id"] for row in rows])
+            for row in rows:
+                if row["pair_key"] in present:
+                    continue
+                present.add(row["pair_key"])
+                row = dict(row, project_id=pid, created_at=now(), updated_at=now())
+                row["sample_id"] = self._unique_id(pid, row["sample_id"], taken)
+                taken.add(row["sample_id"])
+                for column in _JSON_COLUMNS:
+                    row[column] = json.dumps(row.get(column) or _JSON_COLUMNS[column],
+                                             ensure_ascii=False)
+                columns = list(row)
+                cursor = self.db.execute(  # plain SQL: sqlite-utils' insert() costs ~10× more per row
+                    f"INSERT INTO pairs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                    [row[c] for c in columns])
+                row["id"] = cursor.lastrowid
+                inserted.append(_decode(row))
+        return inserted, len(rows) - len(inserted)
+
+    def _present(self, pid: int, column: str, values: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(values), 500):
+            chunk = values[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self.db.execute(
+                f"SELECT {column} FROM pairs WHERE project_id = ? AND {column} IN ({marks})",
+                [pid, *chunk]))
+        return found
+
+    def _unique_id(self, pid: int, wanted: str, taken: set[str]) -> str:
+        candidate, n = wanted, 1
+        while candidate in taken or self.db.execute(
+                "SELECT 1 FROM pairs WHERE project_id = ? AND sample_id = ?",
+                [pid, candidate]).fetchone():
+            n += 1
+            candidate = f"{wanted}_{n}"
+        return candidate
+
+    def update_instruction(self, project: str, pair_id: int, instruction: str) -> dict[str, Any]:
+        from .dataset.checks import pair_issues  # checks know what an instruction may be
+
+        pair = self.require(project, pair_id)
+        pair["instruction"] = instruction
+        issues = pair_issues(pair)
+        with self._lock, self.db.atomic():
+            self.db.execute(
+                "UPDATE pairs SET instruction = ?, issues = ?, status = ?, updated_at = ? "
+                "WHERE id = ?", [instruction, json.dumps(issues, ensure_ascii=False),
+                                 status_of(issues), now(), pair_id])
+        return self.require(project, pair_id)
+
+    def set_issues(self, updates: Iterable[tuple[int, list[dict[str, str]]]]) -> None:
+        with self._lock, self.db.atomic():
+            self.db.conn.executemany(
+                "UPDATE pairs SET issues = ?, status = ? WHERE id = ?",
+                [(json.dumps(issues, ensure_ascii=False), status_of(issues), pair_id)
+                 for pair_id, issues in updates])
+
+    def set_split(self, project: str, pair_ids: list[int], split: str) -> int:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+        pid = self.project_id(project)
+        with self._lock, self.db.atomic():
+            marks = ",".join("?" * len(pair_ids))
+            cursor = self.db.execute(
+                f"UPDATE pairs SET split = ?, updated_at = ? WHERE project_id = ? AND id IN ({marks})",
+                [split, now(), pid, *pair_ids])
+            return cursor.rowcount
+
+    def delete(self, project: str, pair_ids: list[int]) -> int:
+        """Delete pairs. Their image files stay: other pairs may share them (content-addressed)."""
+        pid = self.project_id(project)
+        with self._lock, self.db.atomic():
+            marks = ",".join("?" * len(pair_ids))
+            cursor = self.db.execute(
+                f"DELETE FROM pairs WHERE project_id = ? AND id IN ({marks})", [pid, *pair_ids])
+            return cursor.rowcount
+
+    # -- reading ------------------------------------------------------------
+    def _where(self, pid: int, search: str | None, split: str | None,
+               status: str | None) -> tuple[str, list[Any]]:
+        clauses, params = ["project_id = ?"], [pid]
+        if search:
+            clauses.append("instruction LIKE ? ESCAPE '\\'")
+            params.append(_like(search))
+        if split:
+            clauses.append("split = ?")
+            params.append(split)
+        if status:
+            clauses.append("status = ?")
+            params.append(status)
+        return " AND ".join(clauses), params
+
+    def page(self, project: str, page: int = 0, page_size: int = 50, search: str | None = None,
+             split: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """One page of pairs, oldest first; `search` matches instructions (case-insensitive)."""
+        where, params = self._where(self.project_id(project), search, split, status)
+        with self._lock:
+            rows = self.db.execute_returning_dicts(
+                f"SELECT * FROM pairs WHERE id IN (SELECT id FROM pairs WHERE {where} "
+                f"ORDER BY id LIMIT ? OFFSET ?) ORDER BY id",
+                [*params, int(page_size), max(0, int(page)) * int(page_size)])
+        return [_decode(row) for row in rows]
+
+    def count(self, project: str, search: str | None = None, split: str | None = None,
+              status: str | None = None) -> int:
+        where, params = self._where(self.project_id(project), search, split, status)
+        with self._lock:
+            return self.db.execute(f"SELECT count(*) FROM pairs WHERE {where}", params).fetchone()[0]
+
+    def counts(self, project: str) -> dict[str, int]:
+        """Pairs per status and per split, for summaries."""
+        pid = self.project_id(project)
+        out = {"total": 0, "ok": 0, "warning": 0, "error": 0, "train": 0, "validation": 0}
+        with self._lock:
+            for column in ("status", "split"):
+                for value, n in self.db.execute(
+                        f"SELECT {column}, count(*) FROM pairs WHERE project_id = ? GROUP BY 1", [pid]):
+                    out[value] = n
+        out["total"] = out["train"] + out["validation"]
+        return out
+
+    def get(self, project: str, pair_id: int) -> dict[str, Any] | None:
+        pid = self.project_id(project)
+        with self._lock:
+            rows = list(self.db["pairs"].rows_where("project_id = ? AND id = ?", [pid, pair_id]))
+        return _decode(rows[0]) if rows else None
+
+    def require(self, project: str, pair_id: int) -> dict[str, Any]:
+        pair = self.get(project, pair_id)
+        if pair is None:
+            raise KeyError(f"project {project!r} has no pair with id {pair_id}")
+        return pair
+
+    def iterate(self, project: str, batch: int = 1000, split: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every pair, in id order, read in keyset batches (constant memory)."""
+        where, params = self._where(self.project_id(project), None, split, None)
+        last = 0
+        while True:
+            with self._lock:
+                rows = self.db.execute_returning_dicts(
+                    f"SELECT * FROM pairs WHERE {where} AND id > ? ORDER BY id LIMIT ?",
+                    [*params, last, batch])
+            if not rows:
+                return
+            for row in rows:
+                yield _decode(row)
+            last = rows[-1]["id"]
+
+    def duplicate_groups(self, project: str) -> list[list[tuple[int, str]]]:
+        """Pairs sharing the same source and target images, as [(id, sample_id), …] groups."""
+        pid = self.project_id(project)
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT group_concat(id, '|'), group_concat(sample_id, '|') FROM pairs "
+                "WHERE project_id = ? GROUP BY source_hash, target_hash, extra_sources "
+                "HAVING count(*) > 1", [pid]).fetchall()
+        return [list(zip(map(int, ids.split("|")), names.split("|"))) for ids, names in rows]
