@@ -1,0 +1,4 @@
+"""The LoRA training program, `python -m studio.trainer` (run under `accelerate launch`).
+
+It needs a dataset folder and a model folder, nothing else of the studio (no UI, no store).
+"""

@@ -1,0 +1,74 @@
+"""Command-line arguments of `python -m studio.trainer`.
+
+Names follow DiffSynth-Studio's `train.py` (qwen_image_parser) so that the seed recipe's
+shell scripts translate flag for flag; the studio-only flags come last.
+"""
+from __future__ import annotations
+
+import argparse
+
+# The seed recipe's LoRA targets (DESIGN.md; DiffSynth-Studio Qwen-Image-Edit LoRA example).
+DEFAULT_TARGETS = ("to_q,to_k,to_v,add_q_proj,add_k_proj,add_v_proj,to_out.0,to_add_out,"
+                   "img_mlp.net.2,img_mod.1,txt_mlp.net.2,txt_mod.1")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m studio.trainer",
+        description="Train a Qwen-Image-Edit LoRA (run it under `accelerate launch`).")
+    p.add_argument("--model_path", default="demo",
+                   help="model folder in diffusers layout, or 'demo' for the tiny random model")
+    p.add_argument("--dataset_base_path", required=True, help="dataset folder (holds images/)")
+    p.add_argument("--dataset_metadata_path", default=None,
+                   help="metadata_edit.csv (default: <dataset_base_path>/metadata_edit.csv)")
+    p.add_argument("--max_pixels", type=int, default=1024 * 1024,
+                   help="target images larger than this are scaled down (dynamic resolution)")
+    p.add_argument("--height", type=int, default=None, help="fixed target height (with --width)")
+    p.add_argument("--width", type=int, default=None, help="fixed target width (with --height)")
+    p.add_argument("--dataset_repeat", type=int, default=1, help="times each pair is seen per epoch")
+    p.add_argument("--num_epochs", type=int, default=1)
+    p.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--learning_rate", type=float, default=1e-4)
+    p.add_argument("--weight_decay", type=float, default=0.01)
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    p.add_argument("--lora_rank", type=int, default=32)
+    p.add_argument("--lora_alpha", type=float, default=None, help="default: the rank")
+    p.add_argument("--lora_target_modules", default=DEFAULT_TARGETS)
+    p.add_argument("--lora_checkpoint", default=None,
+                   help="start from this LoRA (diffusers, DiffSynth or ComfyUI keys)")
+    p.add_argument("--use_gradient_checkpointing", action="store_true")
+    p.add_argument("--output_path", default="./models/train")
+    p.add_argument("--save_steps", type=int, default=None,
+                   help="save a LoRA every N steps (default: at the end of each epoch)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed_precision", default="auto", choices=["auto", "no", "fp16", "bf16"],
+                   help="auto: bf16 on CUDA/NPU, fp32 on CPU")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint under --output_path")
+    # Studio additions.
+    p.add_argument("--edit_image_auto_resize", default=True, action=argparse.BooleanOptionalAction,
+                   help="resize the edit (input) image to ~1 MP, sides multiples of 32, as the "
+                        "reference does; --no-edit_image_auto_resize keeps it at the target's "
+                        "max_pixels sizing")
+    p.add_argument("--cache_path", default=None,
+                   help="encoded-pair cache (default: <dataset_base_path>/.studio_cache)")
+    p.add_argument("--no_cache", action="store_true",
+                   help="encode every pair at every step (slow; for comparison)")
+    p.add_argument("--device", default=None, help="override accelerate's device (e.g. cpu)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.lora_alpha is None:
+        args.lora_alpha = float(args.lora_rank)
+    if (args.height is None) != (args.width is None):
+        parser.error("--height and --width go together")
+    for name in ("dataset_repeat", "num_epochs", "gradient_accumulation_steps", "lora_rank",
+                 "max_pixels"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.save_steps is not None and args.save_steps < 1:
+        parser.error("--save_steps must be at least 1")
+    return args

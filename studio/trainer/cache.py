@@ -1,0 +1,132 @@
+"""Encoding pairs once: text-encoder outputs and VAE latents, cached on disk.
+
+The text encoder (7B) and the VAE are frozen, so their outputs for a pair never change while
+the pair's files, the model and the resolution stay the same. They are computed once, written
+as one safetensors file per pair under a key that hashes exactly those inputs, and the two
+models are then dropped so that the transformer loop has the device to itself.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .data import Pair, crop_and_resize, load_rgb, reference_edit_size, target_size
+
+CACHE_VERSION = 1
+PLUS_CONDITION_AREA = 384 * 384  # the Plus pipeline's VL-encoder image area (CONDITION_IMAGE_SIZE)
+
+
+def model_fingerprint(model_path: Path) -> str:
+    """Hash of what decides the encodings: configs of the encoding components and the
+    weight files' names and sizes (hashing 16 GB of weights would take longer than encoding)."""
+    h = hashlib.sha256()
+    for name in ("model_index.json",):
+        h.update((model_path / name).read_bytes())
+    for sub in ("text_encoder", "vae", "processor", "tokenizer"):
+        for f in sorted((model_path / sub).glob("*")):
+            if f.suffix == ".json" or f.suffix == ".txt":
+                h.update(f.name.encode() + f.read_bytes())
+            elif f.is_file():
+                h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+class PairEncoder:
+    """The pipeline without its transformer, turning a pair into training tensors."""
+
+    def __init__(self, model_path: Path, pipeline_class: str, device, dtype: torch.dtype,
+                 max_pixels: int, fixed_size: tuple[int, int] | None, edit_auto_resize: bool):
+        import diffusers
+
+        cls = getattr(diffusers, pipeline_class)
+        self.plus = pipeline_class == "QwenImageEditPlusPipeline"
+        self.pipe = cls.from_pretrained(model_path, transformer=None, dtype=dtype).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.device, self.dtype = device, dtype
+        self.max_pixels, self.fixed_size, self.edit_auto_resize = max_pixels, fixed_size, edit_auto_resize
+
+    def _sized(self, path: Path, fixed=None):
+        image = load_rgb(path)
+        w, h = target_size(image.width, image.height, self.max_pixels, fixed)
+        return crop_and_resize(image, w, h)
+
+    def _latents(self, image) -> torch.Tensor:
+        pixels = self.pipe.image_processor.preprocess(image, image.height, image.width)
+        pixels = pixels.unsqueeze(2).to(self.device, self.dtype)  # (B, C, T=1, H, W)
+        return self.pipe._encode_vae_image(pixels, generator=None)  # normalised, argmax
+
+    @torch.no_grad()
+    def encode(self, pair: Pair) -> dict[str, torch.Tensor]:
+        out = {"target": self._latents(self._sized(pair.target, self.fixed_size))}
+        prompt_images = []
+        for i, path in enumerate(pair.inputs):
+            # The reference passes edit_image through the same max_pixels sizing first.
+            image = self._sized(path)
+            vae_image = image
+            if self.edit_auto_resize:
+                w, h = reference_edit_size(image.width, image.height)
+                vae_image = self.pipe.image_processor.resize(image, h, w)
+            if self.plus:
+                w, h = reference_edit_size(image.width, image.height, PLUS_CONDITION_AREA)
+                prompt_images.append(self.pipe.image_processor.resize(image, h, w))
+            else:
+                prompt_images.append(vae_image)
+            out[f"edit_{i}"] = self._latents(vae_image)
+        # The pipeline's own template, drop_idx and VL processing.
+        embeds, mask = self.pipe.encode_prompt(
+            prompt=[pair.prompt], image=prompt_images if self.plus else prompt_images[0],
+            device=self.device)
+        out["prompt_embeds"] = embeds
+        out["prompt_mask"] = (mask if mask is not None
+                              else torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device))
+        return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+    def release(self) -> None:
+        """Free the device for the transformer loop."""
+        self.pipe.to("cpu")
+        del self.pipe
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class EncodedCache:
+    def __init__(self, root: Path, model_fp: str, settings: dict):
+        self.settings = json.dumps({"version": CACHE_VERSION, "model": model_fp, **settings},
+                                   sort_keys=True)
+        self.root = Path(root)
+
+    def key(self, pair: Pair) -> str:
+        h = hashlib.sha256(self.settings.encode())
+        h.update(pair.prompt.encode("utf-8"))
+        for path in (pair.target, *pair.inputs):
+            h.update(b"\0file\0" + path.read_bytes())
+        return h.hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def has(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def load(self, key: str) -> dict[str, torch.Tensor]:
+        return load_file(self.path(key))
+
+    def save(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp)
+            os.replace(tmp, target)  # readers never see half a file
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)

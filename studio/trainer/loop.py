@@ -1,0 +1,286 @@
+"""The training program: encode (cached), then the LoRA loop under accelerate.
+
+Runs from a dataset folder and a model folder alone (no UI, no SQLite store), on one CPU up
+to several nodes of GPUs/NPUs. Rank 0 writes every file (DeepSpeed's optimizer shards
+excepted, one per rank by design).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import checkpoint, dist
+from .args import parse_args
+from .cache import EncodedCache, PairEncoder, model_fingerprint
+from .data import DatasetError, load_pairs
+from .lora_io import LoraFormatError, add_lora, load_into, lora_parameters
+from .objective import sample_loss
+from .order import DataOrder
+from .schedule import TrainingSchedule
+
+log = logging.getLogger("studio.trainer")
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+class StopFlag:
+    """SIGTERM/SIGINT ask for a clean stop: finish the step, save, exit 0."""
+
+    def __init__(self):
+        self.signal_name = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signal_name:  # a second Ctrl-C means now
+            signal.signal(signum, signal.SIG_DFL)
+        self.signal_name = signal.Signals(signum).name
+
+    def __bool__(self):
+        return self.signal_name is not None
+
+
+def _setup_logging(output: Path) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if dist.is_main():
+        output.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(output / "train.log", encoding="utf-8"))
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
+
+
+def _dtype(args, device: torch.device) -> torch.dtype:
+    from studio.engine.devices import pick_dtype
+
+    requested = {"auto": None, "no": "fp32", "bf16": "bf16", "fp16": "fp16"}[args.mixed_precision]
+    return pick_dtype(device.type, requested)
+
+
+def _model_folder(spec: str) -> Path:
+    from studio.engine.models import resolve_model
+    from studio.paths import projects_dir
+
+    if spec != "demo":
+        return Path(spec).expanduser().resolve()
+    if dist.is_main():  # build the demo model once, then everyone loads it
+        folder = resolve_model("demo", projects_dir())
+    dist.barrier()
+    return resolve_model("demo", projects_dir())
+
+
+def _cache_root(args) -> Path:
+    root = Path(args.cache_path or Path(args.dataset_base_path) / ".studio_cache").expanduser()
+    return root.resolve()
+
+
+def _encoded_source(args, pairs, info, device, dtype, stop: StopFlag):
+    """A function pair-index -> encoded tensors; fills the on-disk cache first."""
+    fixed = (args.width, args.height) if args.width else None
+    make_encoder = lambda: PairEncoder(info.path, info.pipeline_class, device, dtype,  # noqa: E731
+                                       args.max_pixels, fixed, args.edit_image_auto_resize)
+    if args.no_cache:
+        encoder = make_encoder()
+        return lambda i: encoder.encode(pairs[i])
+    fp = model_fingerprint(info.path)
+    settings = {"max_pixels": args.max_pixels, "fixed": fixed, "dtype": str(dtype),
+                "edit_auto_resize": args.edit_image_auto_resize, "pipeline": info.pipeline_class}
+    cache = EncodedCache(_cache_root(args) / fp, fp, settings)
+    keys = [cache.key(p) for p in pairs]
+    missing = [i for i, k in enumerate(keys) if not cache.has(k)]
+    if missing and dist.is_main():
+        from tqdm import tqdm
+
+        log.info("encoding %d of %d pairs (%d cached) into %s", len(missing), len(pairs),
+                 len(pairs) - len(missing), cache.root)
+        encoder = make_encoder()
+        for i in tqdm(missing, desc="encode", disable=None):
+            if stop:
+                break  # what is encoded stays cached
+            cache.save(keys[i], encoder.encode(pairs[i]))
+        encoder.release()  # the text encoder and VAE leave the device here
+    elif dist.is_main():
+        log.info("all %d pairs found in the cache %s", len(pairs), cache.root)
+    dist.barrier()
+    if dist.any_true(bool(stop)):
+        raise SystemExit(0)
+    return lambda i: cache.load(keys[i])
+
+
+def _oom_message(args) -> str:
+    return ("out of memory. Try, in this order: a lower --max_pixels (now %d; MindSpeed-MM uses "
+            "262144), --use_gradient_checkpointing, --no-edit_image_auto_resize, a lower "
+            "--lora_rank, or DeepSpeed ZeRO-2 with optimizer offload (python -m "
+            "studio.trainer.accelerate_config --mode zero2 --offload_optimizer cpu)." % args.max_pixels)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def train(args) -> int:
+    from accelerate import Accelerator
+    from diffusers import QwenImageTransformer2DModel
+
+    from studio.engine.model_folder import inspect_model_folder
+
+    stop = StopFlag()
+    output = Path(args.output_path).expanduser().resolve()
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
+    _setup_logging(output)
+    deepspeed = accelerator.state.deepspeed_plugin is not None
+    rank, world, gas = dist.rank(), dist.world(), args.gradient_accumulation_steps
+    device = accelerator.device
+    dtype = _dtype(args, device)
+    log.info("rank %d of %d on %s, %s%s", rank, world, device, dtype,
+             ", DeepSpeed ZeRO-%s" % accelerator.state.deepspeed_plugin.zero_stage if deepspeed else "")
+
+    info = inspect_model_folder(_model_folder(args.model_path))
+    pairs = load_pairs(args.dataset_base_path, args.dataset_metadata_path)
+    if len(pairs[0].inputs) > info.max_images or any(len(p.inputs) > info.max_images for p in pairs):
+        raise DatasetError(f"{info.pipeline_class} takes at most {info.max_images} edit image(s) per pair")
+    encoded = _encoded_source(args, pairs, info, device, dtype, stop)
+
+    torch.manual_seed(args.seed)  # same LoRA init on every rank
+    transformer = QwenImageTransformer2DModel.from_pretrained(info.path / "transformer", dtype=dtype)
+    transformer.requires_grad_(False)
+    add_lora(transformer, args.lora_rank, args.lora_alpha, args.lora_target_modules)
+    params = list(lora_parameters(transformer).values())
+    for p in params:  # trainable weights in fp32 even when the base is bf16
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    if args.lora_checkpoint:
+        n = load_into(transformer, args.lora_checkpoint, args.lora_rank, args.lora_alpha)
+        log.info("started from %s (%d tensors)", args.lora_checkpoint, n)
+    if args.use_gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.to(device).train()
+
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+    # The reference's scheduler: ConstantLR with torch's defaults (lr x 1/3 for 5 steps),
+    # stepped once per optimizer step here on every rank alike.
+    lr_sched = torch.optim.lr_scheduler.ConstantLR(optimizer)
+    if deepspeed:
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = 1  # one sample per device per step
+        ds["gradient_accumulation_steps"] = gas
+        ds["train_batch_size"] = gas * world
+    model, optimizer_w = accelerator.prepare(transformer, optimizer)
+    engine = model if deepspeed else None
+
+    order = DataOrder(len(pairs), args.dataset_repeat, args.seed, world, gas)
+    total = order.total_steps(args.num_epochs, args.max_steps)
+    ckpt_info = {"lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "seed": args.seed,
+                 "global_batch": order.global_batch, "total_steps": total}
+    start, prior_elapsed = 0, 0.0
+    metrics_file = output / "metrics.jsonl"
+    if args.resume:
+        state = checkpoint.read_state(output)
+        if state is None:
+            log.warning("--resume: no checkpoint under %s; starting from step 0", output)
+        else:
+            if state["global_batch"] != order.global_batch:
+                log.warning("global batch changed (%d -> %d): data order differs from the first run",
+                            state["global_batch"], order.global_batch)
+            checkpoint.restore(output, transformer, optimizer_w, lr_sched, engine)
+            start, prior_elapsed = state["step"], float(state.get("elapsed", 0.0))
+            log.info("resumed at step %d of %d", start, total)
+    if dist.is_main():
+        _trim_metrics(metrics_file, start)
+    if start >= total:
+        log.info("nothing to do: %d of %d steps already done", start, total)
+        return 0
+
+    schedule = TrainingSchedule()
+    log.info("training %d steps: %d pairs x %d repeat, global batch %d (%d process(es) x %d "
+             "accumulation), lr %g", total, len(pairs), args.dataset_repeat, order.global_batch,
+             world, gas, args.learning_rate)
+    started = time.perf_counter()
+    steps_per_epoch = order.epoch_len / order.global_batch
+    for step in range(start, total):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        loss_sum = 0.0
+        try:
+            for micro in range(gas):
+                entry = order.entry(step, micro, rank)
+                with accelerator.accumulate(model):
+                    loss, _ = sample_loss(model, encoded(order.pair_index(entry)), schedule,
+                                          order.generator(entry), device, dtype)
+                    accelerator.backward(loss)
+                    optimizer_w.step()
+                    optimizer_w.zero_grad()
+                loss_sum += float(loss.detach())
+        except RuntimeError as exc:
+            if _is_oom(exc):
+                raise TrainingError(_oom_message(args)) from exc
+            raise
+        lr_sched.step()
+        mean_loss = dist.all_sum(loss_sum) / (gas * world)
+        if not math.isfinite(mean_loss):
+            raise TrainingError(
+                f"loss is {mean_loss} at step {step + 1}: training diverged. Lower "
+                f"--learning_rate (now {args.learning_rate}), prefer bf16 to fp16, and check the "
+                f"dataset images; checkpoints saved before this step are intact.")
+        done = step + 1
+        now = time.perf_counter()
+        elapsed = now - started
+        if dist.is_main():
+            _append_metrics(metrics_file, {
+                "step": done, "epoch": round(order.epoch_after(done), 4), "loss": mean_loss,
+                "lr": lr, "samples_per_s": order.global_batch / max(now - t0, 1e-9),
+                "elapsed": prior_elapsed + elapsed,
+                "eta": elapsed / (done - start) * (total - done)})
+        stopping = dist.any_true(bool(stop))
+        epoch_end = math.floor(done / steps_per_epoch) > math.floor(step / steps_per_epoch)
+        due = (done % args.save_steps == 0) if args.save_steps else epoch_end
+        if due or stopping or done == total:
+            ckpt_info["elapsed"] = prior_elapsed + elapsed
+            path = checkpoint.save(output, done, model, transformer, optimizer, lr_sched,
+                                   ckpt_info, engine, final=done == total)
+            if path:
+                log.info("step %d: saved %s", done, path.name)
+        if stopping:
+            log.info("stopped by %s after step %d; continue with --resume", stop.signal_name or
+                     "another rank's signal", done)
+            return 0
+    log.info("done: %d steps in %.1fs; LoRA at %s", total, time.perf_counter() - started,
+             output / "final.safetensors")
+    return 0
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _trim_metrics(path: Path, keep_through: int) -> None:
+    """After a resume, steps past the checkpoint are redone: drop their old lines."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["step"] <= keep_through]
+    path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from studio.engine.model_folder import ModelFolderError
+
+    try:
+        return train(args)
+    except (TrainingError, DatasetError, LoraFormatError, ModelFolderError) as exc:
+        log.error("%s", exc) if log.handlers else print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,117 @@
+"""LoRA on the diffusers transformer (peft) and the one file format that every tool reads.
+
+Saved keys are ComfyUI-style, `diffusion_model.transformer_blocks.N.attn.to_q.lora_A.weight`:
+diffusers' `load_lora_weights`, DiffSynth-Studio's loader (strips `diffusion_model.`, accepts
+`lora_A.weight`) and ComfyUI all read them (DESIGN.md). No `.alpha` keys are written; the
+alpha/rank scale is folded into lora_B instead, so tools that assume scale 1 (DiffSynth)
+apply the same delta as tools that read alpha.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+PREFIX = "diffusion_model."
+ADAPTER = "default"
+
+
+class LoraFormatError(ValueError):
+    pass
+
+
+def add_lora(transformer, rank: int, alpha: float, targets: str | list[str]) -> None:
+    from peft import LoraConfig
+
+    modules = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
+    modules = [m for m in modules if m]
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=modules, init_lora_weights=True)
+    try:
+        transformer.add_adapter(config, adapter_name=ADAPTER)
+    except ValueError as exc:
+        raise LoraFormatError(f"--lora_target_modules {','.join(modules)}: {exc}") from exc
+
+
+def lora_parameters(transformer) -> dict[str, torch.nn.Parameter]:
+    """Trainable LoRA parameters by canonical name (`....to_q.lora_A.weight`)."""
+    suffix = f".{ADAPTER}.weight"
+    return {name.replace(suffix, ".weight"): p for name, p in transformer.named_parameters()
+            if ".lora_A." in name or ".lora_B." in name}
+
+
+def export_state(transformer, rank: int, alpha: float) -> dict[str, torch.Tensor]:
+    """The file contents: ComfyUI keys, alpha/rank folded into lora_B, fp32 on CPU."""
+    scale = alpha / rank
+    out = {}
+    for name, p in lora_parameters(transformer).items():
+        t = p.detach().float().cpu()
+        out[PREFIX + name] = (t * scale if ".lora_B." in name else t).contiguous()
+    return out
+
+
+def save_lora(path: Path, transformer, rank: int, alpha: float, meta: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": "comfyui", "lora_rank": str(rank), "lora_alpha": str(alpha),
+                "alpha_folded_into_lora_B": "true",
+                **{k: str(v) for k, v in (meta or {}).items()}}
+    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(export_state(transformer, rank, alpha), tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _canonical(key: str) -> str:
+    for prefix in (PREFIX, "transformer.", "base_model.model.", "pipe.dit.", "dit."):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    key = key.replace(f".lora_A.{ADAPTER}.", ".lora_A.").replace(f".lora_B.{ADAPTER}.", ".lora_B.")
+    return key.replace(".lora_down.", ".lora_A.").replace(".lora_up.", ".lora_B.")
+
+
+def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
+    """Any of the diffusers / DiffSynth / ComfyUI (lora_A/B or lora_down/up) key styles, returned
+    canonical with the full delta in B @ A (any `.alpha` folded into B)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LoraFormatError(f"{path}: LoRA file not found")
+    with safe_open(str(path), "pt") as f:
+        raw = {_canonical(k): f.get_tensor(k) for k in f.keys()}
+    alphas = {k[: -len(".alpha")]: v for k, v in raw.items() if k.endswith(".alpha")}
+    state = {k: v for k, v in raw.items() if ".lora_A." in k or ".lora_B." in k}
+    if not state:
+        raise LoraFormatError(f"{path}: no lora_A/lora_B (or lora_down/lora_up) weights found")
+    for module, alpha in alphas.items():
+        a, b = f"{module}.lora_A.weight", f"{module}.lora_B.weight"
+        if a in state and b in state:
+            state[b] = state[b].float() * (float(alpha) / state[a].shape[0])
+    return state
+
+
+def load_into(transformer, path: str | Path, rank: int, alpha: float) -> int:
+    """Copy a LoRA file into the model's adapter; every key must match a parameter."""
+    state = read_lora(path)
+    params = lora_parameters(transformer)
+    unknown = sorted(set(state) - set(params))
+    if unknown:
+        raise LoraFormatError(f"{path}: {len(unknown)} key(s) match no LoRA module here, e.g. "
+                              f"{unknown[0]} (check --lora_target_modules)")
+    scale = alpha / rank
+    with torch.no_grad():
+        for name, value in state.items():
+            p = params[name]
+            if tuple(value.shape) != tuple(p.shape):
+                raise LoraFormatError(f"{path}: {name} has shape {tuple(value.shape)}, the model "
+                                      f"expects {tuple(p.shape)} (is --lora_rank right?)")
+            value = value.float() / scale if ".lora_B." in name else value
+            p.copy_(value.to(p.dtype))
+    return len(state)
