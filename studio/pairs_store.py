@@ -196,6 +196,12 @@ class Pairs:
             rows = list(self.db["pairs"].rows_where("project_id = ? AND id = ?", [pid, pair_id]))
         return _decode(rows[0]) if rows else None
 
+    def find(self, project: str, sample_id: str) -> dict[str, Any] | None:
+        pid = self.project_id(project)
+        with self._lock:
+            rows = list(self.db["pairs"].rows_where("project_id = ? AND sample_id = ?", [pid, sample_id]))
+        return _decode(rows[0]) if rows else None
+
     def require(self, project: str, pair_id: int) -> dict[str, Any]:
         pair = self.get(project, pair_id)
         if pair is None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import edit, models, project
+from . import dataset, edit, models, project
 
-COMMAND_MODULES = (models, project, edit)
+COMMAND_MODULES = (models, project, edit, dataset)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,174 @@
+"""`dataset import | validate | export | list | samples`: curate edit pairs without a browser."""
+from __future__ import annotations
+
+import json
+
+from tqdm import tqdm
+
+from ..dataset import importers
+from ..dataset.checks import DEFAULT_MAX_PIXELS
+from ..dataset.export import FORMATS, export_dataset
+from ..dataset.samples import add_sample_pairs
+from ..dataset.validate import validate_project
+from .project import open_store
+
+
+def register(sub) -> None:
+    p = sub.add_parser("dataset", help="import, validate, browse and export edit pairs")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    imp = verbs.add_parser("import", help="add pairs to a project")
+    imp.add_argument("--project", required=True)
+    what = imp.add_mutually_exclusive_group(required=True)
+    what.add_argument("--pairs", metavar="DIR", help="folder of files paired by name (or holding metadata)")
+    what.add_argument("--zip", metavar="FILE", help="zip of files paired by name (or holding metadata)")
+    what.add_argument("--csv", metavar="FILE", help="metadata_edit.csv, or DiffSynth/musubi JSON/JSONL")
+    what.add_argument("--parquet", metavar="FILE", help="UltraEdit / InstructPix2Pix / MagicBrush parquet")
+    what.add_argument("--files", nargs="+", metavar="FILE", help="several image and instruction files")
+    what.add_argument("--source", metavar="FILE", help="one pair: the source image (with --target)")
+    imp.add_argument("--target", metavar="FILE", help="one pair: the edited image")
+    imp.add_argument("--instruction", default=None, help="one pair: the instruction")
+    imp.add_argument("--limit", type=int, default=None, help="parquet: read at most N rows")
+    imp.add_argument("--offset", type=int, default=0, help="parquet: skip the first N rows")
+    imp.add_argument("--columns", default=None, help="parquet: source=COL,target=COL,prompt=COL[,id=COL]")
+    imp.add_argument("--min-score", action="append", metavar="COL=X",
+                     help="parquet: keep rows whose COL >= X (repeatable)")
+    add_max_pixels(imp)
+    imp.set_defaults(handler=run_import)
+
+    val = verbs.add_parser("validate", help="re-check every pair; exit 1 if any has errors")
+    val.add_argument("--project", required=True)
+    val.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_max_pixels(val)
+    val.set_defaults(handler=run_validate)
+
+    exp = verbs.add_parser("export", help="write the pairs as a training dataset folder")
+    exp.add_argument("--project", required=True)
+    exp.add_argument("--out", required=True, metavar="DIR")
+    exp.add_argument("--format", choices=FORMATS, default="seed",
+                     help="seed (metadata_edit.csv, default), diffsynth, aitoolkit, musubi")
+    exp.add_argument("--force", action="store_true", help="write into a folder that is not empty")
+    exp.set_defaults(handler=run_export)
+
+    lst = verbs.add_parser("list", help="pair counts per project, or one page of a project's pairs")
+    lst.add_argument("--project", default=None)
+    lst.add_argument("--search", default=None, help="only instructions containing this text")
+    lst.add_argument("--page", type=int, default=1)
+    lst.add_argument("--page-size", type=int, default=50)
+    lst.set_defaults(handler=run_list)
+
+    smp = verbs.add_parser("samples", help="add a few synthetic pairs to try training at once")
+    smp.add_argument("--project", required=True)
+    smp.add_argument("--count", type=int, default=8)
+    smp.set_defaults(handler=run_samples)
+
+
+def add_max_pixels(p) -> None:
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"training resolution cap used for size warnings (default {DEFAULT_MAX_PIXELS})")
+
+
+class _Bar:
+    """A tqdm bar fed by (done, total) callbacks."""
+
+    def __init__(self, desc: str):
+        self.bar = tqdm(desc=desc, unit="row")
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if total is not None and self.bar.total != total:
+            self.bar.total = total
+            self.bar.refresh()
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_import(args) -> int:
+    store = open_store(args)
+    store.require_project(args.project)
+    bar = _Bar("importing")
+    options = {"progress": bar, "max_pixels": args.max_pixels}
+    try:
+        if args.source:
+            if not args.target or args.instruction is None:
+                raise ValueError("one pair needs --source, --target and --instruction")
+            report = importers.import_pair(store, args.project, args.source, args.target,
+                                           args.instruction, max_pixels=args.max_pixels)
+        elif args.pairs:
+            report = importers.import_folder(store, args.project, args.pairs, **options)
+        elif args.zip:
+            report = importers.import_zip(store, args.project, args.zip, **options)
+        elif args.csv:
+            report = importers.import_metadata(store, args.project, args.csv, **options)
+        elif args.files:
+            report = importers.import_files(store, args.project, args.files, **options)
+        else:
+            report = importers.import_parquet(store, args.project, args.parquet, columns=args.columns,
+                                              limit=args.limit, offset=args.offset,
+                                              min_scores=args.min_score, **options)
+    finally:
+        bar.close()
+    for line in report.lines():
+        print(line)
+    return 1 if report.errors else 0
+
+
+def run_validate(args) -> int:
+    store = open_store(args)
+    store.require_project(args.project)
+    bar = _Bar("validating") if not args.json else None
+    try:
+        report = validate_project(store, args.project, args.max_pixels, progress=bar)
+    finally:
+        if bar:
+            bar.close()
+    if args.json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        for problem in report.problems:
+            print(f"{problem['level']}: {problem['sample_id']} (#{problem['id']}): {problem['message']}")
+        print(report.summary())
+    return 1 if report.errors else 0
+
+
+def run_export(args) -> int:
+    store = open_store(args)
+    store.require_project(args.project)
+    bar = _Bar("exporting")
+    try:
+        result = export_dataset(store, args.project, args.out, args.format, overwrite=args.force,
+                                progress=bar)
+    finally:
+        bar.close()
+    for note in result.notes:
+        print(f"note: {note}")
+    print(result.summary())
+    return 0
+
+
+def run_list(args) -> int:
+    store = open_store(args)
+    if not args.project:
+        for project in store.list_projects():
+            counts = store.pairs.counts(project["name"])
+            print(f"{project['name']}\t{counts['total']} pairs\t{counts['validation']} validation\t"
+                  f"{counts['warning']} warnings\t{counts['error']} errors")
+        return 0
+    total = store.pairs.count(args.project, search=args.search)
+    rows = store.pairs.page(args.project, page=args.page - 1, page_size=args.page_size, search=args.search)
+    for row in rows:
+        print("\t".join([str(row["id"]), row["sample_id"], row["split"], row["status"],
+                         json.dumps(row["instruction"], ensure_ascii=False)]))
+    pages = max(1, -(-total // args.page_size))
+    print(f"page {args.page} of {pages} ({total} pairs)")
+    return 0
+
+
+def run_samples(args) -> int:
+    store = open_store(args)
+    store.require_project(args.project)
+    report = add_sample_pairs(store, args.project, args.count)
+    for line in report.lines():
+        print(line)
+    return 0
