@@ -54,7 +54,7 @@ def _open(data: bytes, name: str) -> Image.Image:
     except UnidentifiedImageError:
         raise BadImage(f"{name}: not an image (no known image format)") from None
     except Exception as exc:  # Pillow raises many kinds on garbage headers
-        raise BadImage(f"{name}: unreadable image ({exc})") from None
+        raise BadImage(f"{name}: truncated or corrupt image, header unreadable ({exc})") from None
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
         raise BadImage(f"{name}: refused as a decompression bomb: {width}×{height} = "

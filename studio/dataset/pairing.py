@@ -24,7 +24,7 @@ def _instruction_table(records: list[tuple[str, dict]], name: str, report: Impor
                          f"({', '.join(PROMPT_KEYS)}); found {', '.join(first) or 'nothing'}")
     table = {}
     for label, record in records:
-        value = str(record.get(key) or "")
+        value = str(record.get(first_key(record, ID_KEYS + _TABLE_FILE_KEYS) or key) or "")
         named = parse_name(value)
         table[named.id if named else posixpath.splitext(posixpath.basename(value))[0]] = str(record.get(text) or "")
     return table
