@@ -90,3 +90,22 @@ def import_path(store: Store, project: str, path: str | Path, **options) -> Impo
     if suffix in (".csv", ".json", ".jsonl"):
         return import_metadata(store, project, path, **options)
     return import_files(store, project, [path], **options)
+
+
+def import_uploads(store: Store, project: str, paths: list[str | Path], **options) -> ImportReport:
+    """What the Dataset tab's upload box gets: one zip, parquet or metadata file, or many files."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no files given")
+    kinds = {p.suffix.lower() for p in paths}
+    if len(paths) == 1 and kinds & {".zip", ".parquet", ".csv", ".json", ".jsonl"}:
+        if kinds != {".parquet"}:
+            options = _no_parquet(options)
+        return import_path(store, project, paths[0], **options)
+    if kinds & {".zip", ".parquet"}:
+        raise ValueError("upload a zip or a parquet file on its own, not mixed with other files")
+    return import_files(store, project, paths, **_no_parquet(options))
+
+
+def _no_parquet(options: dict) -> dict:
+    return {k: v for k, v in options.items() if k in ("progress", "max_pixels")}

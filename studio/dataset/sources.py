@@ -104,6 +104,11 @@ class ListFiles(FileSet):
     def read(self, name: str) -> bytes:
         return self.paths[name].read_bytes()
 
+    def resolve(self, base: str, reference: str) -> str | None:
+        # Uploads lose their folders, so a metadata file's `images/x.jpg` is matched as `x.jpg`.
+        name = posixpath.basename(reference.replace("\\", "/"))
+        return name if name in self.paths else None
+
 
 class ZipFiles(FileSet):
     """A zip read in place. Entries with absolute paths or `..` make the whole zip refused."""

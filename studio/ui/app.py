@@ -11,7 +11,7 @@ from ..engine.editor import Editor
 from ..engine.models import resolve_model
 from ..paths import projects_dir
 from ..store import Store
-from . import edit_tab, project_bar, upcoming
+from . import dataset_tab, edit_tab, project_bar, upcoming
 
 AUTH_ENV = "STUDIO_AUTH"
 
@@ -43,7 +43,7 @@ def build_app(store: Store, editor: Editor) -> gr.Blocks:
         project = project_bar.build(store)
         with gr.Tabs():
             with gr.Tab("Dataset"):
-                upcoming.build("Dataset", "curating source/edited pairs and writing metadata_edit.csv")
+                dataset_tab.build(store, project)
             with gr.Tab("Train"):
                 upcoming.build("Train", "LoRA fine-tuning under accelerate launch, monitored live")
             with gr.Tab("Edit", id="edit"):

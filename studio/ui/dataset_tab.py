@@ -1,0 +1,238 @@
+"""The Dataset tab: import pairs, validate, browse and edit them, export the training folder.
+
+It only draws and forwards: importing, checking and exporting live in studio/dataset and
+the pair store.
+"""
+from __future__ import annotations
+
+import gradio as gr
+from PIL import Image
+
+from ..dataset import importers
+from ..dataset.export import FORMATS, export_dataset
+from ..dataset.samples import add_sample_pairs
+from ..dataset.validate import validate_project
+from ..store import Store
+
+PAGE_SIZE = 20
+THUMBNAIL = 256
+COLUMNS = ["id", "sample_id", "split", "status", "instruction", "issues"]
+
+
+def _thumbnail(path) -> Image.Image:
+    image = Image.open(path)
+    image.draft("RGB", (THUMBNAIL, THUMBNAIL))  # JPEG decodes at reduced size: fast pages
+    image = image.convert("RGB")
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    return image
+
+
+def _report_text(report) -> str:
+    return "\n".join(report.lines(limit=100))
+
+
+def build(store: Store, project: gr.Dropdown) -> None:
+    pairs = store.pairs
+
+    def need(name):
+        if not name:
+            raise gr.Error("Choose or create a project first.")
+        try:
+            store.require_project(name)
+        except KeyError as exc:
+            raise gr.Error(str(exc.args[0]))
+        return name
+
+    # -- import -------------------------------------------------------------
+    with gr.Accordion("Add pairs", open=True):
+        with gr.Row():
+            source = gr.Image(type="filepath", label="Source (before)", elem_id="ds-source")
+            target = gr.Image(type="filepath", label="Target (edited)", elem_id="ds-target")
+            with gr.Column():
+                instruction = gr.Textbox(label="Instruction", lines=3, elem_id="ds-instruction")
+                add_one = gr.Button("Add pair", variant="primary", elem_id="ds-add-pair")
+        uploads = gr.File(file_count="multiple", label="Many pairs: images paired by name "
+                          "(source_<id>/edited_<id>, before/after, …) with .txt or CSV/JSON "
+                          "instructions, or one zip, metadata_edit.csv, JSON/JSONL or parquet file",
+                          elem_id="ds-uploads")
+        with gr.Accordion("Parquet options", open=False):
+            with gr.Row():
+                limit = gr.Number(value=0, precision=0, label="Limit rows (0 = all)")
+                offset = gr.Number(value=0, precision=0, label="Skip first rows")
+                columns = gr.Textbox(label="Columns", placeholder="source=…,target=…,prompt=… (default: detected)")
+                min_score = gr.Textbox(label="Minimum scores", placeholder="clip_sim_dit=0.25, ssim=0.6")
+        with gr.Row():
+            import_button = gr.Button("Import files", variant="primary", elem_id="ds-import")
+            samples_button = gr.Button("Add sample pairs", elem_id="ds-samples")
+        import_report = gr.Textbox(label="Import report", lines=6, interactive=False, elem_id="ds-import-report")
+
+    # -- validate -----------------------------------------------------------
+    with gr.Accordion("Validate", open=False):
+        validate_button = gr.Button("Validate all pairs", elem_id="ds-validate")
+        validate_summary = gr.Markdown(elem_id="ds-validate-summary")
+        problems = gr.Dataframe(headers=["sample_id", "level", "message"], interactive=False,
+                                elem_id="ds-problems")
+
+    # -- browse -------------------------------------------------------------
+    with gr.Row():
+        search = gr.Textbox(label="Search instructions", scale=3, elem_id="ds-search")
+        page = gr.Number(value=1, precision=0, minimum=1, label="Page", scale=1, elem_id="ds-page")
+        previous = gr.Button("◀", scale=0, min_width=50)
+        following = gr.Button("▶", scale=0, min_width=50)
+        refresh = gr.Button("Refresh", scale=0, min_width=80, elem_id="ds-refresh")
+    page_info = gr.Markdown(elem_id="ds-page-info")
+    gallery = gr.Gallery(label="Source | target", columns=4, height=420, elem_id="ds-gallery")
+    table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="ds-table")
+    page_ids = gr.State([])
+    selected = gr.State(None)
+    with gr.Row():
+        chosen_source = gr.Image(type="pil", label="Source", interactive=False)
+        chosen_target = gr.Image(type="pil", label="Target", interactive=False)
+        with gr.Column():
+            chosen_text = gr.Textbox(label="Instruction of the selected pair", lines=4, elem_id="ds-edit-text")
+            save = gr.Button("Save instruction", elem_id="ds-save")
+            with gr.Row():
+                to_validation = gr.Button("Mark as validation", elem_id="ds-mark-validation")
+                to_train = gr.Button("Mark as training")
+                delete = gr.Button("Delete pair", variant="stop", elem_id="ds-delete")
+            chosen_info = gr.Markdown(elem_id="ds-selected-info")
+
+    # -- export -------------------------------------------------------------
+    with gr.Accordion("Export", open=False):
+        with gr.Row():
+            fmt = gr.Dropdown(list(FORMATS), value="seed", label="Format")
+            out_dir = gr.Textbox(label="Output folder (on the server)", placeholder="/data/my_dataset")
+            force = gr.Checkbox(label="Write into a folder that is not empty")
+        export_button = gr.Button("Export", elem_id="ds-export")
+        export_result = gr.Markdown(elem_id="ds-export-result")
+
+    # -- handlers -----------------------------------------------------------
+    def show_page(name, text, number):
+        if not name or store.get_project(name) is None:
+            return [], [], [], "No project selected.", 1
+        total = pairs.count(name, search=text or None)
+        pages = max(1, -(-total // PAGE_SIZE))
+        number = min(max(1, int(number or 1)), pages)
+        rows = pairs.page(name, page=number - 1, page_size=PAGE_SIZE, search=text or None)
+        images = []
+        for row in rows:
+            images.append((_thumbnail(pairs.path(name, row["source_path"])), f"{row['sample_id']} · source"))
+            images.append((_thumbnail(pairs.path(name, row["target_path"])),
+                           f"{row['sample_id']} · {row['instruction'][:80]}"))
+        data = [[r["id"], r["sample_id"], r["split"], r["status"], r["instruction"],
+                 "; ".join(i["message"] for i in r["issues"] if i["level"] != "info")] for r in rows]
+        counts = pairs.counts(name)
+        info = (f"Page {number} of {pages} · {total} matching · project: {counts['total']} pairs "
+                f"({counts['validation']} validation, {counts['warning']} with warnings, "
+                f"{counts['error']} with errors)")
+        return images, data, [r["id"] for r in rows], info, number
+
+    browse_outputs = [gallery, table, page_ids, page_info, page]
+
+    def on_add_one(name, src, tgt, text, text_search, number):
+        name = need(name)
+        if not src or not tgt:
+            raise gr.Error("Upload both the source and the edited image.")
+        report = importers.import_pair(store, name, src, tgt, text or "")
+        return (_report_text(report), *show_page(name, text_search, number))
+
+    def on_import(name, files, lim, off, cols, scores, text_search, number, progress=gr.Progress()):
+        name = need(name)
+        if not files:
+            raise gr.Error("Choose files to import first.")
+        paths = [getattr(f, "name", f) for f in files]
+        options = {"progress": lambda done, total: progress((done, total) if total else None,
+                                                            desc="importing", unit="rows"),
+                   "limit": int(lim) if lim else None, "offset": int(off or 0),
+                   "columns": cols or None,
+                   "min_scores": [s.strip() for s in (scores or "").split(",") if s.strip()]}
+        try:
+            report = importers.import_uploads(store, name, paths, **options)
+        except (ValueError, FileNotFoundError) as exc:
+            raise gr.Error(str(exc))
+        return (_report_text(report), *show_page(name, text_search, number))
+
+    def on_samples(name, text_search, number):
+        name = need(name)
+        return (_report_text(add_sample_pairs(store, name)), *show_page(name, text_search, number))
+
+    def on_validate(name, progress=gr.Progress()):
+        name = need(name)
+        report = validate_project(store, name, progress=lambda d, t: progress((d, t), desc="validating"))
+        rows = [[p["sample_id"], p["level"], p["message"]] for p in report.problems[:1000]]
+        return report.summary(), rows
+
+    def on_select(name, ids, evt: gr.SelectData):
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        if not name or row is None or row >= len(ids):
+            return None, None, None, "", ""
+        pair = pairs.get(name, ids[row])
+        if pair is None:
+            return None, None, None, "", "That pair no longer exists."
+        info = (f"**{pair['sample_id']}** (#{pair['id']}) · {pair['split']} · {pair['status']} · "
+                f"source {pair['source_width']}×{pair['source_height']}, target "
+                f"{pair['target_width']}×{pair['target_height']}")
+        info += "".join(f"\n- {i['level']}: {i['message']}" for i in pair["issues"])
+        return (pair["id"], Image.open(pairs.path(name, pair["source_path"])),
+                Image.open(pairs.path(name, pair["target_path"])), pair["instruction"], info)
+
+    def selected_or_fail(name, pair_id):
+        name = need(name)
+        if pair_id is None:
+            raise gr.Error("Select a pair in the table first.")
+        return name
+
+    def on_save(name, pair_id, text, text_search, number):
+        name = selected_or_fail(name, pair_id)
+        pair = pairs.update_instruction(name, pair_id, text or "")
+        return f"Saved. Status: {pair['status']}.", *show_page(name, text_search, number)
+
+    def on_split(split):
+        def handler(name, pair_id, text_search, number):
+            name = selected_or_fail(name, pair_id)
+            pairs.set_split(name, [pair_id], split)
+            return f"Marked as {split}.", *show_page(name, text_search, number)
+        return handler
+
+    def on_delete(name, pair_id, text_search, number):
+        name = selected_or_fail(name, pair_id)
+        pairs.delete(name, [pair_id])
+        return None, None, None, "", "Deleted.", *show_page(name, text_search, number)
+
+    def on_export(name, chosen, folder, overwrite, progress=gr.Progress()):
+        name = need(name)
+        if not (folder or "").strip():
+            raise gr.Error("Give an output folder.")
+        try:
+            result = export_dataset(store, name, folder.strip(), chosen, overwrite=overwrite,
+                                    progress=lambda d, t: progress((d, t), desc="exporting"))
+        except ValueError as exc:
+            raise gr.Error(str(exc))
+        return "\n\n".join([result.summary(), *result.notes])
+
+    browse_inputs = [project, search, page]
+    add_one.click(on_add_one, [project, source, target, instruction, search, page],
+                  [import_report, *browse_outputs], api_name="dataset_add_pair")
+    import_button.click(on_import, [project, uploads, limit, offset, columns, min_score, search, page],
+                        [import_report, *browse_outputs], api_name="dataset_import")
+    samples_button.click(on_samples, [project, search, page], [import_report, *browse_outputs],
+                         api_name="dataset_samples")
+    validate_button.click(on_validate, [project], [validate_summary, problems], api_name="dataset_validate")
+    search.submit(lambda n, s: show_page(n, s, 1), [project, search], browse_outputs, api_name="dataset_page")
+    page.submit(show_page, browse_inputs, browse_outputs, api_name=False)
+    previous.click(lambda n, s, p: show_page(n, s, (p or 1) - 1), browse_inputs, browse_outputs, api_name=False)
+    following.click(lambda n, s, p: show_page(n, s, (p or 1) + 1), browse_inputs, browse_outputs, api_name=False)
+    project.change(show_page, browse_inputs, browse_outputs, api_name=False)
+    refresh.click(show_page, browse_inputs, browse_outputs, api_name=False)
+    table.select(on_select, [project, page_ids],
+                 [selected, chosen_source, chosen_target, chosen_text, chosen_info], api_name=False)
+    save.click(on_save, [project, selected, chosen_text, search, page], [chosen_info, *browse_outputs],
+               api_name="dataset_save_instruction")
+    to_validation.click(on_split("validation"), [project, selected, search, page],
+                        [chosen_info, *browse_outputs], api_name=False)
+    to_train.click(on_split("train"), [project, selected, search, page],
+                   [chosen_info, *browse_outputs], api_name=False)
+    delete.click(on_delete, [project, selected, search, page],
+                 [selected, chosen_source, chosen_target, chosen_text, chosen_info, *browse_outputs],
+                 api_name=False)
+    export_button.click(on_export, [project, fmt, out_dir, force], [export_result], api_name="dataset_export")
