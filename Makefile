@@ -1,4 +1,5 @@
 # make run  : set up the virtual environment and start the studio on the demo model
+# make bench: CPU benchmarks, one JSON object per line (not part of make test)
 # make test : set up and run the test suite (CPU, offline)
 PYTHON ?= python3
 VENV ?= .venv
@@ -25,6 +26,9 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+bench: setup
+	@for script in bench/*.py; do PYTHONPATH=. $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache
