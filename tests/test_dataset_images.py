@@ -21,6 +21,7 @@ def png_with_header(width: int, height: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
 
+NOISY_JPEG = encoded(Image.fromarray(np.random.default_rng(1).integers(0, 255, (256, 256, 3), dtype=np.uint8)), "JPEG")
 NOISY_PNG = encoded(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)), "PNG")
 
 
@@ -28,6 +29,7 @@ NOISY_PNG = encoded(Image.fromarray(np.random.default_rng(0).integers(0, 255, (6
     (b"", "empty file"),
     (b"hello, this is a text file\n" * 20, "not an image"),
     (jpeg()[:400], "truncated or corrupt"),
+    (NOISY_JPEG[:len(NOISY_JPEG) * 2 // 3], "truncated or corrupt"),
     (NOISY_PNG[:len(NOISY_PNG) // 2], "truncated or corrupt"),
     (NOISY_PNG[:100] + bytes(255 - b for b in NOISY_PNG[100:300]) + NOISY_PNG[300:], "truncated or corrupt"),
     (png_with_header(100_000, 100_000), "decompression bomb"),

@@ -61,11 +61,21 @@ def _open(data: bytes, name: str) -> Image.Image:
                        f"{width * height:,} pixels, limit {MAX_IMAGE_PIXELS:,}")
     if width < 1 or height < 1:
         raise BadImage(f"{name}: image has no pixels ({width}×{height})")
+    return image
+
+
+def _decode(image: Image.Image, name: str, draft: bool = False) -> None:
+    """Decode every pixel so a truncated or corrupt file fails now, not during training.
+
+    With `draft`, a JPEG is decoded at 1/8 scale: every entropy-coded block is still read
+    (so truncation and corruption still fail) but the costly full-size IDCT is skipped.
+    """
     try:
+        if draft and image.format == "JPEG":
+            image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
         image.load()
     except Exception as exc:
         raise BadImage(f"{name}: truncated or corrupt {image.format or 'image'} ({exc})") from None
-    return image
 
 
 def _is_16_bit_png(data: bytes, image: Image.Image) -> bool:
@@ -100,12 +110,20 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
 def prepare_image(data: bytes, name: str) -> PreparedImage:
     """Decode, check and (only if needed) convert one image; raises BadImage with a reason."""
     image = _open(data, name)
+    jpeg = image.format == "JPEG"
+    if not jpeg:
+        _decode(image, name)  # reading a PNG's EXIF may need its chunks after the pixels
     digest = hashlib.sha256(data).hexdigest()
     orientation = image.getexif().get(_ORIENTATION_TAG, 1)
     high_depth = _is_16_bit_png(data, image)
     if (image.format in KEPT_FORMATS and image.mode == "RGB" and orientation in (1, None)
             and not high_depth):
-        return PreparedImage(digest, KEPT_FORMATS[image.format], data, *image.size)
+        size = image.size  # before draft() shrinks it
+        if jpeg:
+            _decode(image, name, draft=True)
+        return PreparedImage(digest, KEPT_FORMATS[image.format], data, *size)
+    if jpeg:
+        _decode(image, name)
     notes: list[str] = []
     if image.format not in KEPT_FORMATS:
         notes.append(f"{image.format or 'unknown format'} re-encoded")

@@ -6,7 +6,10 @@ and a bad row is reported (by row and reason) without stopping the others.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Iterable
+import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator
 
 from ..pairs_store import safe_sample_id, status_of
 from ..store import Store
@@ -16,6 +19,8 @@ from .report import ImportReport
 from .sources import Candidate, ImageRef
 
 MAX_INPUT_IMAGES = 3  # Qwen-Image-Edit-2509/2511 take up to three input images
+WORKERS = min(4, os.cpu_count() or 1)
+WINDOW = 16 * WORKERS
 Progress = Callable[[int, int | None], None]
 
 
@@ -77,25 +82,39 @@ def ingest(store: Store, project: str, candidates: Iterable[Candidate], report: 
         batch.clear()
         rows_of.clear()
 
-    done = 0
-    for candidate in candidates:
+    def build(candidate: Candidate) -> dict | BadImage:
         try:
-            row = build_row(store, project, candidate, max_pixels)
+            return build_row(store, project, candidate, max_pixels)
         except BadImage as exc:
-            report.error(candidate.row, str(exc))
-        else:
-            batch.append(row)
-            rows_of.setdefault(row["pair_key"], candidate.row)
-            if len(batch) >= batch_size:
-                flush()
-        done += 1
-        if progress:  # rows dropped by a score filter count as looked at
-            progress(done + report.filtered, total)
+            return exc
+
+    done = 0
+    # Decoding dominates and Pillow releases the GIL while it decodes, so threads help;
+    # handing them WINDOW candidates at a time keeps memory bounded.
+    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ingest") as pool:
+        for chunk in _chunks(candidates, WINDOW):
+            for candidate, row in zip(chunk, pool.map(build, chunk)):
+                if isinstance(row, BadImage):
+                    report.error(candidate.row, str(row))
+                else:
+                    batch.append(row)
+                    rows_of.setdefault(row["pair_key"], candidate.row)
+                    if len(batch) >= batch_size:
+                        flush()
+                done += 1
+                if progress:  # rows dropped by a score filter count as looked at
+                    progress(done + report.filtered, total)
     if batch:
         flush()
     if report.added:
         mark_duplicates(store, project, max_pixels)
     return report
+
+
+def _chunks(items: Iterable[Candidate], size: int) -> Iterator[list[Candidate]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def mark_duplicates(store: Store, project: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
