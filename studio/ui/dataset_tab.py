@@ -31,6 +31,29 @@ def _report_text(report) -> str:
     return "\n".join(report.lines(limit=100))
 
 
+def _show_page(store: Store, name, text, number):
+    """Gallery images, table rows, a summary line and the page number actually shown."""
+    pairs = store.pairs
+    if not name or store.get_project(name) is None:
+        return [], [], "No project selected.", 1
+    total = pairs.count(name, search=text or None)
+    pages = max(1, -(-total // PAGE_SIZE))
+    number = min(max(1, int(number or 1)), pages)
+    rows = pairs.page(name, page=number - 1, page_size=PAGE_SIZE, search=text or None)
+    images = []
+    for row in rows:
+        images.append((_thumbnail(pairs.path(name, row["source_path"])), f"{row['sample_id']} · source"))
+        images.append((_thumbnail(pairs.path(name, row["target_path"])),
+                       f"{row['sample_id']} · {row['instruction'][:80]}"))
+    data = [[r["id"], r["sample_id"], r["split"], r["status"], r["instruction"],
+             "; ".join(i["message"] for i in r["issues"] if i["level"] != "info")] for r in rows]
+    counts = pairs.counts(name)
+    info = (f"Page {number} of {pages} · {total} matching · project: {counts['total']} pairs "
+            f"({counts['validation']} validation, {counts['warning']} with warnings, "
+            f"{counts['error']} with errors)")
+    return images, data, info, number
+
+
 def build(store: Store, project: gr.Dropdown) -> None:
     pairs = store.pairs
 
@@ -80,10 +103,13 @@ def build(store: Store, project: gr.Dropdown) -> None:
         previous = gr.Button("◀", scale=0, min_width=50)
         following = gr.Button("▶", scale=0, min_width=50)
         refresh = gr.Button("Refresh", scale=0, min_width=80, elem_id="ds-refresh")
-    page_info = gr.Markdown(elem_id="ds-page-info")
-    gallery = gr.Gallery(label="Source | target", columns=4, height=420, elem_id="ds-gallery")
-    table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="ds-table")
-    page_ids = gr.State([])
+    # Callable values are re-evaluated on each page load, so a reload shows current pairs.
+    first_page = lambda part: lambda: _show_page(store, project.value, "", 1)[part]  # noqa: E731
+    page_info = gr.Markdown(value=first_page(2), elem_id="ds-page-info")
+    gallery = gr.Gallery(value=first_page(0), label="Source | target", columns=4, height=420,
+                         elem_id="ds-gallery")
+    table = gr.Dataframe(value=first_page(1), headers=COLUMNS, interactive=False, wrap=True,
+                         elem_id="ds-table")
     selected = gr.State(None)
     with gr.Row():
         chosen_source = gr.Image(type="pil", label="Source", interactive=False)
@@ -108,26 +134,9 @@ def build(store: Store, project: gr.Dropdown) -> None:
 
     # -- handlers -----------------------------------------------------------
     def show_page(name, text, number):
-        if not name or store.get_project(name) is None:
-            return [], [], [], "No project selected.", 1
-        total = pairs.count(name, search=text or None)
-        pages = max(1, -(-total // PAGE_SIZE))
-        number = min(max(1, int(number or 1)), pages)
-        rows = pairs.page(name, page=number - 1, page_size=PAGE_SIZE, search=text or None)
-        images = []
-        for row in rows:
-            images.append((_thumbnail(pairs.path(name, row["source_path"])), f"{row['sample_id']} · source"))
-            images.append((_thumbnail(pairs.path(name, row["target_path"])),
-                           f"{row['sample_id']} · {row['instruction'][:80]}"))
-        data = [[r["id"], r["sample_id"], r["split"], r["status"], r["instruction"],
-                 "; ".join(i["message"] for i in r["issues"] if i["level"] != "info")] for r in rows]
-        counts = pairs.counts(name)
-        info = (f"Page {number} of {pages} · {total} matching · project: {counts['total']} pairs "
-                f"({counts['validation']} validation, {counts['warning']} with warnings, "
-                f"{counts['error']} with errors)")
-        return images, data, [r["id"] for r in rows], info, number
+        return _show_page(store, name, text, number)
 
-    browse_outputs = [gallery, table, page_ids, page_info, page]
+    browse_outputs = [gallery, table, page_info, page]
 
     def on_add_one(name, src, tgt, text, text_search, number):
         name = need(name)
@@ -162,11 +171,14 @@ def build(store: Store, project: gr.Dropdown) -> None:
         rows = [[p["sample_id"], p["level"], p["message"]] for p in report.problems[:1000]]
         return report.summary(), rows
 
-    def on_select(name, ids, evt: gr.SelectData):
-        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        if not name or row is None or row >= len(ids):
+    def on_select(name, evt: gr.SelectData):
+        try:
+            pair_id = int(evt.row_value[0])  # the table's first column is the pair id
+        except (TypeError, ValueError, IndexError):
             return None, None, None, "", ""
-        pair = pairs.get(name, ids[row])
+        if not name:
+            return None, None, None, "", ""
+        pair = pairs.get(name, pair_id)
         if pair is None:
             return None, None, None, "", "That pair no longer exists."
         info = (f"**{pair['sample_id']}** (#{pair['id']}) · {pair['split']} · {pair['status']} · "
@@ -224,7 +236,7 @@ def build(store: Store, project: gr.Dropdown) -> None:
     following.click(lambda n, s, p: show_page(n, s, (p or 1) + 1), browse_inputs, browse_outputs, api_name=False)
     project.change(show_page, browse_inputs, browse_outputs, api_name=False)
     refresh.click(show_page, browse_inputs, browse_outputs, api_name=False)
-    table.select(on_select, [project, page_ids],
+    table.select(on_select, [project],
                  [selected, chosen_source, chosen_target, chosen_text, chosen_info], api_name=False)
     save.click(on_save, [project, selected, chosen_text, search, page], [chosen_info, *browse_outputs],
                api_name="dataset_save_instruction")
