@@ -24,7 +24,7 @@ def build(store: Store, editor: Editor, project: gr.Dropdown) -> None:
             negative = gr.Textbox(label="Negative prompt", placeholder="optional")
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, label="Seed")
-                dice = gr.Button("🎲", scale=0, min_width=50)
+                dice = gr.Button("Random seed", scale=0, min_width=110)
             with gr.Row():
                 steps = gr.Slider(2, 100, value=defaults["steps"], step=1, label="Steps")
                 cfg = gr.Slider(1.0, 10.0, value=defaults["true_cfg_scale"], step=0.1,
