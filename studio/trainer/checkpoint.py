@@ -50,7 +50,7 @@ def save(output: Path, step: int, model, transformer, optimizer, lr_sched, info:
                        staging / "optimizer.pt")
     dist.barrier()
     if deepspeed_engine is not None:
-        deepspeed_engine.save_checkpoint(str(staging / "deepspeed"), tag="latest",
+        deepspeed_engine.save_checkpoint(str(staging / "deepspeed"), tag="state",
                                          client_state={"lr_scheduler": lr_sched.state_dict()},
                                          exclude_frozen_parameters=True)  # LoRA only, not 40 GB
         dist.barrier()
@@ -87,7 +87,7 @@ def restore(output: Path, transformer, optimizer, lr_sched, deepspeed_engine=Non
     if state.get("deepspeed"):
         if deepspeed_engine is None:
             raise ValueError(f"{folder}: saved under DeepSpeed; resume with the same accelerate config")
-        _, client = deepspeed_engine.load_checkpoint(str(folder / "deepspeed"), tag="latest",
+        _, client = deepspeed_engine.load_checkpoint(str(folder / "deepspeed"), tag="state",
                                                      load_module_strict=False)
         lr_sched.load_state_dict(client["lr_scheduler"])
     else:

@@ -131,14 +131,17 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def train(args) -> int:
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from diffusers import QwenImageTransformer2DModel
 
     from studio.engine.model_folder import inspect_model_folder
 
     stop = StopFlag()
     output = Path(args.output_path).expanduser().resolve()
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
+    # The last block's text-stream outputs feed nothing, so LoRA on them gets no gradient.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              kwargs_handlers=[ddp])
     _setup_logging(output)
     deepspeed = accelerator.state.deepspeed_plugin is not None
     rank, world, gas = dist.rank(), dist.world(), args.gradient_accumulation_steps
