@@ -83,8 +83,15 @@ def _v2_pair_curation(db: sqlite_utils.Database) -> None:
     pairs.create_index(["project_id", "split", "id"], index_name="idx_pairs_split")
 
 
+def _v3_edit_kinds(db: sqlite_utils.Database) -> None:
+    """Comparisons join the edit history: a kind, and the full parameters as JSON."""
+    db["edits"].add_column("kind", str, not_null_default="edit")
+    db["edits"].add_column("params", str)
+
+
 # Append only: never edit a migration that has shipped, add the next one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial, _v2_pair_curation]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1_initial, _v2_pair_curation, _v3_edit_kinds]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -171,8 +178,9 @@ class Store:
 
     # -- edit history -------------------------------------------------------
     def save_edit(self, project: str, inputs: list[Image.Image], output: Image.Image,
-                  params: dict[str, Any], seconds: float) -> dict[str, Any]:
-        """Keep one finished edit: its images under <project>/edits/<n>/, its row in `edits`."""
+                  params: dict[str, Any], seconds: float, kind: str = "edit") -> dict[str, Any]:
+        """Keep one finished edit or comparison grid: its images and params.json under
+        <project>/edits/<key>/, its row in `edits`."""
         pid = self.require_project(project)["id"]
         folder = self.project_dir(project) / "edits" / uuid.uuid4().hex[:12]
         folder.mkdir(parents=True)
@@ -181,17 +189,48 @@ class Store:
             input_paths.append(str(folder / f"input_{i}.png"))
             image.save(input_paths[-1])
         output.save(folder / "output.png")
+        (folder / "params.json").write_text(json.dumps(params, indent=2, default=str))
         row = {key: params.get(key) for key in
                ("model", "prompt", "negative_prompt", "seed", "steps", "cfg", "width", "height")}
         row.update(project_id=pid, adapters=json.dumps(params.get("adapters", [])),
                    inputs=json.dumps(input_paths), output_path=str(folder / "output.png"),
-                   seconds=round(seconds, 3), created_at=now())
+                   seconds=round(seconds, 3), created_at=now(), kind=kind,
+                   params=json.dumps(params, default=str))
         with self._lock, self.db.atomic():
             row["id"] = self.db["edits"].insert(row).last_pk
         return row
+
+    def get_edit(self, edit_id: int) -> dict[str, Any] | None:
+        with self._lock:
+            rows = list(self.db["edits"].rows_where("id = ?", [edit_id], limit=1))
+        return rows[0] if rows else None
 
     def list_edits(self, project: str, limit: int = 50) -> list[dict[str, Any]]:
         pid = self.require_project(project)["id"]
         with self._lock:
             return list(self.db["edits"].rows_where(
                 "project_id = ?", [pid], order_by="id desc", limit=limit))
+
+    # -- adapters -----------------------------------------------------------
+    def add_adapter(self, project: str, name: str, path: str | Path, run_id: int | None = None,
+                    step: int | None = None) -> dict[str, Any]:
+        """Register a LoRA file (a training checkpoint or an external file) with a project."""
+        path = Path(path).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"adapter file not found: {path}")
+        pid = self.require_project(project)["id"]
+        row = {"project_id": pid, "run_id": run_id, "name": name, "step": step,
+               "path": str(path), "created_at": now()}
+        with self._lock, self.db.atomic():
+            row["id"] = self.db["adapters"].insert(row).last_pk
+        return row
+
+    def get_adapter(self, adapter_id: int) -> dict[str, Any] | None:
+        with self._lock:
+            rows = list(self.db["adapters"].rows_where("id = ?", [adapter_id], limit=1))
+        return rows[0] if rows else None
+
+    def list_adapters(self, project: str) -> list[dict[str, Any]]:
+        pid = self.require_project(project)["id"]
+        with self._lock:
+            return list(self.db["adapters"].rows_where("project_id = ?", [pid], order_by="id"))

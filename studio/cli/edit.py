@@ -9,6 +9,8 @@ from tqdm import tqdm
 from ..engine.editor import Editor
 from ..engine.models import resolve_model
 from ..paths import projects_dir
+from ..store import Store
+from . import adapters as adapter_args
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -19,6 +21,27 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     except ValueError:
         raise ValueError(f"--size must look like 1024x768, got {text!r}") from None
     return width, height
+
+
+def load_images(names: list[str]) -> list[Image.Image]:
+    for name in names:
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"input image not found: {name}")
+    return [Image.open(name) for name in names]
+
+
+def resolve_adapters(args, texts: list[str]):
+    """Adapter ids need the store; plain files do not."""
+    store = Store(projects_dir(args.projects_dir)) if any(
+        t.split(":")[0].isdigit() for t in texts) else None
+    return [adapter_args.resolve(text, store) for text in texts]
+
+
+def add_sampler_options(p) -> None:
+    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default 50; 4 on the demo)")
+    p.add_argument("--cfg", type=float, default=None, help="true_cfg_scale (default 4.0)")
+    p.add_argument("--size", default=None, help="output WxH (default: input aspect at the model's area)")
 
 
 def add_model_options(p) -> None:
@@ -35,11 +58,10 @@ def register(sub) -> None:
     p.add_argument("--image", action="append", required=True,
                    help="input image (repeat up to 3 times for 2509/2511 models)")
     p.add_argument("--prompt", required=True, help="the edit instruction")
-    p.add_argument("--negative", default="", help="negative prompt")
+    add_sampler_options(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default 50; 4 on the demo)")
-    p.add_argument("--cfg", type=float, default=None, help="true_cfg_scale (default 4.0)")
-    p.add_argument("--size", default=None, help="output WxH (default: input aspect at the model's area)")
+    p.add_argument("--adapter", action="append", default=[], metavar="ID|FILE[:STRENGTH]",
+                   help="LoRA adapter to apply (repeat to stack; strength 0-2, default 1)")
     p.add_argument("--out", required=True, help="output image file")
     p.set_defaults(handler=run)
 
@@ -51,10 +73,8 @@ def make_editor(args) -> Editor:
 
 
 def run(args) -> int:
-    for name in args.image:
-        if not Path(name).is_file():
-            raise FileNotFoundError(f"input image not found: {name}")
-    images = [Image.open(name) for name in args.image]
+    images = load_images(args.image)
+    adapters = resolve_adapters(args, args.adapter)
     editor = make_editor(args)
     if editor.info.is_demo:
         print("note: the demo model has random weights; its output is noise. Use --model PATH for real weights.")
@@ -64,7 +84,8 @@ def run(args) -> int:
             bar.update(step - bar.n)
 
         result = editor.edit(images, args.prompt, args.negative, seed=args.seed, steps=args.steps,
-                             true_cfg_scale=args.cfg, size=parse_size(args.size), progress=progress)
+                             true_cfg_scale=args.cfg, size=parse_size(args.size), progress=progress,
+                             adapters=adapters)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result.image.save(out)

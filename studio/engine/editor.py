@@ -16,7 +16,9 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from .adapters import AdapterRef, AdapterSlots
 from .devices import pick_device, pick_dtype
+from .encode_cache import EncodeCache
 from .model_folder import ModelInfo, inspect_model_folder
 
 Progress = Callable[[int, int], None]
@@ -44,13 +46,16 @@ def size_for_area(width: int, height: int, area: int, multiple: int = 16) -> tup
 
 class Editor:
     def __init__(self, model_path: str | Path, device: str | None = None, dtype: str | None = None,
-                 cpu_offload: bool = False, vae_tiling: bool = False):
+                 cpu_offload: bool = False, vae_tiling: bool = False, max_adapters: int = 8):
         self.info: ModelInfo = inspect_model_folder(model_path)
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
         self.cpu_offload = cpu_offload
         self.vae_tiling = vae_tiling
+        self.max_adapters = max_adapters
         self._pipe = None
+        self.adapters: AdapterSlots | None = None
+        self.encode_cache = EncodeCache()
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
         self._cancel: dict[str, threading.Event] = {}
@@ -75,6 +80,8 @@ class Editor:
         if self.vae_tiling:
             pipe.vae.enable_tiling()
         pipe.set_progress_bar_config(disable=True)
+        self.adapters = AdapterSlots(pipe, limit=self.max_adapters)
+        self.encode_cache.install(pipe)
         return pipe
 
     @property
@@ -94,7 +101,7 @@ class Editor:
     def edit(self, images: list[Image.Image] | Image.Image, prompt: str, negative_prompt: str = "",
              seed: int = 0, steps: int | None = None, true_cfg_scale: float | None = None,
              size: tuple[int, int] | None = None, progress: Progress | None = None,
-             cancel_key: str | None = None) -> EditResult:
+             cancel_key: str | None = None, adapters: list[AdapterRef] | None = None) -> EditResult:
         images = [images] if isinstance(images, Image.Image) else list(images)
         if not images:
             raise ValueError("an edit needs an input image")
@@ -132,6 +139,7 @@ class Editor:
                 if cancel is not None and cancel.is_set():
                     raise EditCancelled("edit cancelled")
                 started = time.perf_counter()
+                self.adapters.activate(list(adapters or []))
                 out = pipe(
                     image=images if self.info.max_images > 1 else images[0],
                     prompt=prompt,
@@ -150,5 +158,7 @@ class Editor:
                 self._cancel.pop(cancel_key, None)
         params = {"model": str(self.info.path), "prompt": prompt,
                   "negative_prompt": negative_prompt, "seed": int(seed), "steps": steps,
-                  "cfg": cfg, "width": width, "height": height}
+                  "cfg": cfg, "width": width, "height": height,
+                  "adapters": [{"path": str(a.path), "strength": a.strength, "label": a.name}
+                               for a in adapters or []]}
         return EditResult(image=out.images[0], seconds=seconds, params=params)
