@@ -79,6 +79,10 @@ class Editor:
             pipe.to(self.device)
         if self.vae_tiling:
             pipe.vae.enable_tiling()
+        if self.device.split(":")[0] == "npu":  # torch_npu's fused attention/RMSNorm
+            from .npu import apply_patches
+
+            apply_patches(pipe.transformer)
         pipe.set_progress_bar_config(disable=True)
         self.adapters = AdapterSlots(pipe, limit=self.max_adapters)
         self.encode_cache.install(pipe)
