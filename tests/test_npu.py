@@ -6,6 +6,7 @@ reference math. The patched demo transformer must then give the unpatched output
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import sys
@@ -104,6 +105,14 @@ def test_stand_in_attention_matches_sdpa_in_every_layout(fake_torch_npu, layout)
     torch.testing.assert_close(out, to_layout(expected))
 
 
+def test_stand_in_band_of_pre_and_next_tokens(fake_torch_npu):
+    """sparse_mode 0 computes only keys within pre_tockens before / next_tockens after."""
+    q, k, v = (torch.randn(1, 6, 2, 8) for _ in range(3))
+    only_self = fake_torch_npu.npu_fusion_attention(q, k, v, 2, "BSND", pre_tockens=0,
+                                                    next_tockens=0, scale=0.3)[0]
+    torch.testing.assert_close(only_self, v)
+
+
 def test_stand_in_rejects_an_additive_float_mask(fake_torch_npu):
     q = torch.randn(1, 4, 2, 8)
     with pytest.raises(TypeError, match="bool or uint8"):
@@ -157,6 +166,19 @@ def test_patched_transformer_matches_unpatched_with_text_padding(fake_torch_npu,
     torch.testing.assert_close(_run(transformer, inputs), expected, rtol=0, atol=0)
 
 
+def test_patched_transformer_in_bf16(fake_torch_npu, transformer):
+    """bf16, as on a real NPU: the fused path keeps dtypes and stays within bf16 rounding."""
+    model = copy.deepcopy(transformer).to(torch.bfloat16)
+    inputs = _inputs(model, padded=True)
+    inputs = {k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v
+              for k, v in inputs.items()}
+    expected = _run(model, inputs)
+    assert apply_patches(model) == ["attention", "rms_norm"]
+    got = _run(model, inputs)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected.float(), rtol=2e-2, atol=2e-2)
+
+
 def test_patched_gradients_match(fake_torch_npu, transformer):
     """The trainer backpropagates through the fused operators."""
     def input_grad():
@@ -181,7 +203,8 @@ def test_rotary_patch_is_opt_in_and_exact(fake_torch_npu, transformer):
     inputs = _inputs(transformer)
     expected = _run(transformer, inputs)
     try:
-        assert apply_patches(transformer, attention=False, rms_norm=False, rotary=True) == ["rotary"]
+        patched = apply_patches(transformer, attention=False, rms_norm=False, rotary=True)
+        assert patched == ["rotary"]
         fake_torch_npu.calls.clear()
         got = _run(transformer, inputs)
         # q and k of both streams in every block.
@@ -342,6 +365,7 @@ def test_trainers_ascend_preset_agrees_with_the_seed():
     config = make_config(**PRESETS["ascend-8-zero2"])
     for key in ("distributed_type", "mixed_precision", "num_processes", "num_machines"):
         assert config[key] == SEED_ACCELERATE_CONFIG[key], key
+    seed_ds = SEED_ACCELERATE_CONFIG["deepspeed_config"]
     for key in ("zero_stage", "gradient_clipping", "offload_optimizer_device",
                 "offload_param_device", "zero3_init_flag", "gradient_accumulation_steps"):
-        assert config["deepspeed_config"][key] == SEED_ACCELERATE_CONFIG["deepspeed_config"][key], key
+        assert config["deepspeed_config"][key] == seed_ds[key], key

@@ -66,9 +66,12 @@ def multinode_fields(num_machines: int, machine_rank: int, main_process_ip: str,
     return fields
 
 
+SEED_PORT = SEED_ACCELERATE_CONFIG["main_process_port"]
+
+
 def seed_accelerate_config(num_machines: int = 1, machine_rank: int = 0,
                            main_process_ip: str | None = None,
-                           main_process_port: int = SEED_ACCELERATE_CONFIG["main_process_port"]) -> dict:
+                           main_process_port: int = SEED_PORT) -> dict:
     """The seed's config, scaled to `num_machines` nodes of 8 cards."""
     config = {**SEED_ACCELERATE_CONFIG,
               "deepspeed_config": dict(SEED_ACCELERATE_CONFIG["deepspeed_config"])}

@@ -46,20 +46,23 @@ def _from_bnsd(t: torch.Tensor, layout: str) -> torch.Tensor:
     return t.permute(2, 0, 1, 3).flatten(2)  # SBH
 
 
-def npu_fusion_attention(query, key, value, head_num, input_layout, pse=None, padding_mask=None,
-                         atten_mask=None, scale=1.0, keep_prob=1.0, pre_tockens=2147483647,
-                         next_tockens=2147483647, inner_precise=0, prefix=None,
+def npu_fusion_attention(query, key, value, head_num, input_layout, pse=None,
+                         padding_mask=None, atten_mask=None, scale=1.0, keep_prob=1.0,
+                         pre_tockens=2147483647, next_tockens=2147483647, inner_precise=0,
+                         prefix=None,
                          actual_seq_qlen=None, actual_seq_kvlen=None, sparse_mode=0,
                          gen_mask_parallel=True, sync=False):
     calls["npu_fusion_attention"] += 1
     if input_layout not in _LAYOUTS:
         raise NotImplementedError(f"stand-in: input_layout {input_layout!r} (TND not modelled)")
-    if sparse_mode != 0 or prefix is not None or actual_seq_qlen is not None or padding_mask is not None:
+    if sparse_mode != 0 or prefix is not None or actual_seq_qlen is not None \
+            or padding_mask is not None:
         raise NotImplementedError("stand-in: only sparse_mode=0 without prefix/varlen/padding_mask")
     if not (query.dtype == key.dtype == value.dtype):
         raise TypeError("query, key and value must have one dtype")
     if atten_mask is not None and atten_mask.dtype not in (torch.bool, torch.uint8):
-        raise TypeError(f"atten_mask must be bool or uint8 (True = masked out), got {atten_mask.dtype}")
+        raise TypeError("atten_mask must be bool or uint8 (True = masked out), "
+                        f"got {atten_mask.dtype}")
     q, k, v = (_to_bnsd(t, input_layout, head_num) for t in (query, key, value))
     if q.shape[1] != head_num:
         raise ValueError(f"head_num {head_num} does not match the query's {q.shape[1]} heads")
@@ -78,9 +81,11 @@ def npu_fusion_attention(query, key, value, head_num, input_layout, pse=None, pa
     if keep_prob < 1.0:
         probs = torch.nn.functional.dropout(probs, p=1.0 - keep_prob)
     out = _from_bnsd((probs @ v.float()).to(query.dtype), input_layout)
-    row_max = scores.masked_fill(masked, float("-inf")).amax(-1, keepdim=True).expand(*scores.shape[:-1], 8)
-    row_sum = torch.exp(scores - row_max[..., :1]).masked_fill(masked, 0).sum(-1, keepdim=True).expand_as(row_max)
-    return out, row_max, row_sum, torch.empty(0), 0, 0, 0
+    # softmax_max and softmax_sum as torch_npu returns them for its backward: [B, N, Sq, 8].
+    row_max = scores.masked_fill(masked, float("-inf")).amax(-1, keepdim=True)
+    row_sum = torch.exp(scores - row_max).masked_fill(masked, 0).sum(-1, keepdim=True)
+    stats_shape = (*scores.shape[:-1], 8)
+    return out, row_max.expand(stats_shape), row_sum.expand(stats_shape), torch.empty(0), 0, 0, 0
 
 
 def npu_rms_norm(x, gamma, epsilon=1e-6):
