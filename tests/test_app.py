@@ -1,4 +1,5 @@
 """The browser app, started as a user starts it, driven through its HTTP API."""
+import json
 import socket
 import subprocess
 import sys
@@ -6,11 +7,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from studio.store import Store
 from tests.conftest import make_image
+from tests.lora_files import random_lora, save_lora
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,14 +50,17 @@ def app_url(demo_model, tmp_path_factory):
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_served(url, proc)
-        yield url
+        yield url, projects
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
+NO_ADAPTERS = (None, 1.0) * 3
+
+
 def test_page_says_it_runs_the_random_weight_demo(app_url):
-    with urllib.request.urlopen(app_url) as response:
+    with urllib.request.urlopen(app_url[0]) as response:
         page = response.read().decode()
     assert "Qwen Image Edit Studio" in page
     assert "random weights" in page and "--model" in page
@@ -61,16 +68,43 @@ def test_page_says_it_runs_the_random_weight_demo(app_url):
 
 def test_an_edit_through_the_api_returns_an_image_and_is_kept(app_url, tmp_path):
     make_image(64, 48).save(tmp_path / "in.png")
-    client = Client(app_url, verbose=False)
-    image_path, note = client.predict(
+    client = Client(app_url[0], verbose=False)
+    image_path, note, before_after = client.predict(
         "default", handle_file(str(tmp_path / "in.png")), None, None, "make the sky blue", "",
-        3, 2, 1.0, 64, 48, api_name="/edit")
+        3, 2, 1.0, 64, 48, *NO_ADAPTERS, api_name="/edit")
     assert Image.open(image_path).size == (64, 48)
     assert "saved to `default` history" in note
+    assert len(before_after) == 2
 
 
 def test_an_edit_without_an_image_is_refused_with_a_message(app_url):
-    client = Client(app_url, verbose=False)
+    client = Client(app_url[0], verbose=False)
     with pytest.raises(Exception, match="Upload an input image"):
         client.predict("default", None, None, None, "make the sky blue", "", 0, 2, 1.0, 0, 0,
-                       api_name="/edit")
+                       *NO_ADAPTERS, api_name="/edit")
+
+
+def test_edit_with_an_adapter_and_compare_base_with_it(app_url, demo_model, tmp_path):
+    url, projects = app_url
+    lora = save_lora(random_lora(demo_model, seed=1), tmp_path / "mine.safetensors")
+    adapter = Store(projects).add_adapter("default", "mine", lora, step=10)
+    make_image(64, 48).save(tmp_path / "in.png")
+    client = Client(url, verbose=False)
+    args = ("default", handle_file(str(tmp_path / "in.png")), None, None, "make the sky blue", "",
+            3, 2, 1.0, 32, 32)
+    base_path, _, _ = client.predict(*args, *NO_ADAPTERS, api_name="/edit")
+    lora_path, note, _ = client.predict(*args, str(adapter["id"]), 1.0, None, 1.0, None, 1.0,
+                                        api_name="/edit")
+    assert "mine @ 1" in note
+    assert not np.array_equal(np.asarray(Image.open(base_path)), np.asarray(Image.open(lora_path)))
+
+    grid_path, note, files = client.predict(
+        "default", handle_file(str(tmp_path / "in.png")), None, "make the sky blue", "",
+        ["base", str(adapter["id"])], "0.5,1", "0,1", "", 2, 1.0, 32, 32, api_name="/compare")
+    assert "2 seed(s) × 3 column(s)" in note and "saved to `default` history" in note
+    exported = {Path(f).name: f for f in files}
+    params = json.loads(Path(exported["comparison.json"]).read_text())
+    assert [c["label"] for c in params["columns"]] == ["base", "mine @ 0.5", "mine @ 1"]
+    assert Image.open(grid_path).size == Image.open(exported["comparison.png"]).size
+    kinds = [row["kind"] for row in Store(projects).list_edits("default")]
+    assert "compare" in kinds

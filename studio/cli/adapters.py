@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..engine.adapters import AdapterRef, split_strength
 from ..paths import projects_dir
 from ..store import Store
 
@@ -23,20 +22,6 @@ def register(sub) -> None:
 
 def open_store(args) -> Store:
     return Store(projects_dir(args.projects_dir))
-
-
-def resolve(text: str, store: Store | None) -> AdapterRef:
-    """`7`, `7:0.8`, `lora.safetensors` or `lora.safetensors:1.5` -> an AdapterRef."""
-    ref, strength = split_strength(text)
-    if ref.isdigit():
-        row = store.get_adapter(int(ref)) if store else None
-        if row is None:
-            raise KeyError(f"no adapter with id {ref}; see: python -m studio adapters list --project NAME")
-        return AdapterRef(Path(row["path"]), strength, row["name"])
-    path = Path(ref).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"adapter file not found: {path}")
-    return AdapterRef(path.resolve(), strength)
 
 
 def list_adapters(args) -> int:

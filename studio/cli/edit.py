@@ -9,8 +9,8 @@ from tqdm import tqdm
 from ..engine.editor import Editor
 from ..engine.models import resolve_model
 from ..paths import projects_dir
+from ..engine.adapters import resolve_adapter
 from ..store import Store
-from . import adapters as adapter_args
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -34,7 +34,7 @@ def resolve_adapters(args, texts: list[str]):
     """Adapter ids need the store; plain files do not."""
     store = Store(projects_dir(args.projects_dir)) if any(
         t.split(":")[0].isdigit() for t in texts) else None
-    return [adapter_args.resolve(text, store) for text in texts]
+    return [resolve_adapter(text, store.get_adapter if store else None) for text in texts]
 
 
 def add_sampler_options(p) -> None:

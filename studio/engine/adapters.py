@@ -11,6 +11,7 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from safetensors.torch import load_file
 
@@ -38,6 +39,21 @@ def split_strength(text: str) -> tuple[str, float]:
             raise ValueError(f"adapter strength must be between 0 and 2, got {strength} in {text!r}")
         return head, strength
     return text, 1.0
+
+
+def resolve_adapter(text: str, lookup: Callable[[int], dict | None] | None = None) -> AdapterRef:
+    """`7`, `7:0.8`, `lora.safetensors` or `lora.safetensors:1.5` -> an AdapterRef.
+    Numbers are adapter ids, looked up with `lookup(id)` -> {"path", "name"} (the store's)."""
+    ref, strength = split_strength(text.strip())
+    if ref.isdigit():
+        row = lookup(int(ref)) if lookup else None
+        if row is None:
+            raise KeyError(f"no adapter with id {ref}; see: python -m studio adapters list --project NAME")
+        return AdapterRef(Path(row["path"]), strength, row["name"])
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"adapter file not found: {path}")
+    return AdapterRef(path.resolve(), strength)
 
 
 def adapter_key(path: Path) -> str:

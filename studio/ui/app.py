@@ -11,7 +11,7 @@ from ..engine.editor import Editor
 from ..engine.models import resolve_model
 from ..paths import projects_dir
 from ..store import Store
-from . import dataset_tab, edit_tab, project_bar, upcoming
+from . import compare_tab, dataset_tab, edit_tab, project_bar, upcoming
 
 AUTH_ENV = "STUDIO_AUTH"
 
@@ -47,9 +47,12 @@ def build_app(store: Store, editor: Editor) -> gr.Blocks:
             with gr.Tab("Train"):
                 upcoming.build("Train", "LoRA fine-tuning under accelerate launch, monitored live")
             with gr.Tab("Edit", id="edit"):
-                edit_tab.build(store, editor, project)
-            with gr.Tab("Compare"):
-                upcoming.build("Compare", "one input through several adapters, side by side")
+                loaders = [edit_tab.build(store, editor, project)]
+            with gr.Tab("Compare", id="compare"):
+                loaders.append(compare_tab.build(store, editor, project))
+        # Per-project choices (adapters, history) are read fresh for every page load.
+        for fn, inputs, outputs in loaders:
+            app.load(fn, inputs, outputs, api_name=False)
     return app
 
 

@@ -1,4 +1,4 @@
-"""The Edit tab: input image(s), instruction and sampler settings in, edited image out."""
+"""The Edit tab: input image(s), instruction, adapters and sampler settings in, edited image out."""
 from __future__ import annotations
 
 import random
@@ -6,10 +6,16 @@ import random
 import gradio as gr
 
 from ..engine.editor import EditCancelled, Editor
+from ..engine.presets import sampler_settings
 from ..store import Store
+from . import common
+
+ADAPTER_SLOTS = 3  # on_edit takes one (adapter, strength) pair per slot
 
 
-def build(store: Store, editor: Editor, project: gr.Dropdown) -> None:
+def build(store: Store, editor: Editor, project: gr.Dropdown):
+    """Draws the tab; returns (fn, inputs, outputs) that reload the per-project choices, which
+    the app also runs on page load."""
     defaults = editor.defaults
     with gr.Row():
         with gr.Column():
@@ -19,9 +25,23 @@ def build(store: Store, editor: Editor, project: gr.Dropdown) -> None:
             with gr.Accordion("More input images (up to 3)", open=False,
                               visible=editor.info.max_images > 1):
                 extra = [gr.Image(type="pil", label=f"Input image {i}") for i in (2, 3)]
+            with gr.Row():
+                pair_id = gr.Number(label="Dataset pair id", precision=0, scale=2)
+                use_pair = gr.Button("Use this dataset pair", scale=1)
             prompt = gr.Textbox(label="Instruction", lines=2, elem_id="edit-prompt",
                                 placeholder="e.g. make the sky a sunset")
             negative = gr.Textbox(label="Negative prompt", placeholder="optional")
+            with gr.Accordion("Adapters (LoRA), stackable", open=True):
+                slots = []
+                for i in range(ADAPTER_SLOTS):
+                    with gr.Row():
+                        picker = gr.Dropdown([], value=None, label=f"Adapter {i + 1}",
+                                             allow_custom_value=True, scale=3,
+                                             info="a project adapter, or a LoRA file path" if i == 0 else None,
+                                             elem_id=f"edit-adapter-{i}")
+                        strength = gr.Slider(0, 2, value=1.0, step=0.05, label="Strength", scale=2)
+                    slots += [picker, strength]
+            preset = common.sampler_preset_picker()
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 dice = gr.Button("Random seed", scale=0, min_width=110)
@@ -39,37 +59,73 @@ def build(store: Store, editor: Editor, project: gr.Dropdown) -> None:
             output = gr.Image(type="pil", label="Edited image", elem_id="edit-output",
                               interactive=False)
             status = gr.Markdown(elem_id="edit-status")
+            slider = gr.ImageSlider(type="pil", label="Before / after", interactive=False)
+            target = gr.Image(type="pil", label="Dataset target (for reference)",
+                              interactive=False, visible=False)
+    with gr.Accordion("History of this project", open=False):
+        refresh = gr.Button("Refresh history")
+        gallery = gr.Gallery(label="Recent edits and comparisons", columns=6, height=260,
+                             elem_id="edit-history")
+        details = gr.Markdown()
 
     def on_edit(project_name, first, second, third, prompt, negative, seed, steps, cfg, width,
-                height, request: gr.Request, progress=gr.Progress()):
+                height, adapter1, strength1, adapter2, strength2, adapter3, strength3,
+                request: gr.Request, progress=gr.Progress()):
         images = [im for im in (first, second, third) if im is not None]
         if not images:
             raise gr.Error("Upload an input image first.")
         if not (prompt or "").strip():
             raise gr.Error("Write an instruction.")
+        picked = [(adapter1, strength1), (adapter2, strength2), (adapter3, strength3)]
+        adapters = [ref for ref in (common.to_adapter(store, v, s) for v, s in picked) if ref]
         size = (int(width), int(height)) if width and height else None
         try:
             result = editor.edit(
                 images, prompt, negative or "", seed=int(seed or 0), steps=int(steps),
-                true_cfg_scale=float(cfg), size=size,
+                true_cfg_scale=float(cfg), size=size, adapters=adapters,
                 progress=lambda i, n: progress((i, n), desc="denoising"),
                 cancel_key=request.session_hash if request else None)
         except EditCancelled:
-            return None, "Cancelled."
-        except ValueError as exc:
+            return None, "Cancelled.", None
+        except (ValueError, FileNotFoundError) as exc:
             raise gr.Error(str(exc))
         note = f"{result.image.width}×{result.image.height}, {result.seconds:.1f}s"
+        if adapters:
+            note += " · " + ", ".join(f"{a.name} @ {a.strength:g}" for a in adapters)
         if project_name:
             row = store.save_edit(project_name, images, result.image, result.params, result.seconds)
             note += f" · saved to `{project_name}` history (#{row['id']})"
-        return result.image, note
+        before = images[-1].resize(result.image.size)
+        return result.image, note, (before, result.image)
 
     def on_cancel(request: gr.Request):
         if request:
             editor.cancel(request.session_hash)
 
-    inputs = [project, image, *extra, prompt, negative, seed, steps, cfg, width, height]
-    run.click(on_edit, inputs, [output, status], api_name="edit", concurrency_limit=1,
-              concurrency_id="gpu")
+    def on_use_pair(project_name, pid):
+        source, target_image, instruction = common.load_pair(store, project_name, pid)
+        return source, instruction, gr.Image(value=target_image, visible=True)
+
+    def on_project(project_name):
+        choices = common.adapter_choices(store, project_name)
+        return ([gr.Dropdown(choices=choices) for _ in range(ADAPTER_SLOTS)]
+                + [common.history(store, project_name)])
+
+    inputs = [project, image, *extra, prompt, negative, seed, steps, cfg, width, height, *slots]
+    run.click(on_edit, inputs, [output, status, slider], api_name="edit", concurrency_limit=1,
+              concurrency_id="gpu").then(
+        lambda p: common.history(store, p), project, gallery, api_name=False)
     cancel.click(on_cancel, None, None, api_name="cancel_edit", queue=False)
     dice.click(lambda: random.randint(0, 2**31 - 1), None, seed, api_name=False, queue=False)
+    use_pair.click(on_use_pair, [project, pair_id], [image, prompt, target], api_name="use_pair")
+    preset.change(lambda name: tuple(sampler_settings(name, defaults).values()), preset,
+                  [steps, cfg], api_name=False)
+    pickers = slots[::2]
+    for trigger in (project.change, refresh.click):
+        trigger(on_project, project, [*pickers, gallery], api_name=False)
+
+    def on_select(project_name, evt: gr.SelectData):
+        return common.edit_details(store, project_name, evt.index)
+
+    gallery.select(on_select, [project], details, api_name=False)
+    return on_project, project, [*pickers, gallery]

@@ -1,0 +1,111 @@
+"""The Compare tab: one input through several adapters, strengths and seeds, as a grid."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from ..engine.compare import BASE, compare, plan_columns
+from ..engine.editor import EditCancelled, Editor
+from ..engine.presets import sampler_settings
+from ..store import Store
+from . import common
+
+
+def numbers(text: str, kind=float) -> list:
+    try:
+        return [kind(v) for v in (text or "").replace(" ", "").split(",") if v]
+    except ValueError:
+        raise gr.Error(f"Expected comma-separated numbers, got {text!r}.")
+
+
+def build(store: Store, editor: Editor, project: gr.Dropdown):
+    defaults = editor.defaults
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = gr.Image(type="pil", label="Input image", elem_id="compare-input")
+            with gr.Row():
+                pair_id = gr.Number(label="Dataset pair id", precision=0, scale=2)
+                use_pair = gr.Button("Use this dataset pair", scale=1)
+            target = gr.Image(type="pil", label="Dataset target (shown beside the grid)",
+                              interactive=False, visible=False)
+            prompt = gr.Textbox(label="Instruction", lines=2, elem_id="compare-prompt")
+            negative = gr.Textbox(label="Negative prompt", placeholder="optional")
+            chosen = gr.Dropdown([(BASE, BASE)], value=[BASE], multiselect=True,
+                                 allow_custom_value=True, label="Columns: base model and adapters",
+                                 info="project adapters; a LoRA file path can be typed in",
+                                 elem_id="compare-adapters")
+            strengths = gr.Textbox(value="1.0", label="Strengths (comma-separated)")
+            seeds = gr.Textbox(value="0", label="Seeds (comma-separated, one row each)")
+            stack = gr.Textbox(label="Few-step LoRA under every column (optional file path[:strength])")
+            preset = common.sampler_preset_picker()
+            with gr.Row():
+                steps = gr.Slider(2, 100, value=defaults["steps"], step=1, label="Steps")
+                cfg = gr.Slider(1.0, 10.0, value=defaults["true_cfg_scale"], step=0.1,
+                                label="true_cfg_scale")
+            with gr.Row():
+                width = gr.Number(value=0, precision=0, label="Width (0 = from input)")
+                height = gr.Number(value=0, precision=0, label="Height (0 = from input)")
+            with gr.Row():
+                run = gr.Button("Compare", variant="primary", elem_id="compare-run")
+                cancel = gr.Button("Cancel")
+        with gr.Column(scale=2):
+            grid = gr.Image(type="pil", label="Comparison", interactive=False,
+                            elem_id="compare-grid")
+            status = gr.Markdown(elem_id="compare-status")
+            files = gr.File(label="Export: grid PNG + parameters JSON", file_count="multiple")
+
+    def on_compare(project_name, input_image, target_image, prompt, negative, chosen, strengths,
+                   seeds, stack, steps, cfg, width, height, request: gr.Request,
+                   progress=gr.Progress()):
+        if input_image is None:
+            raise gr.Error("Upload an input image first.")
+        if not (prompt or "").strip():
+            raise gr.Error("Write an instruction.")
+        choices = [None if c == BASE else common.to_adapter(store, c) for c in chosen or []]
+        under = common.to_adapter(store, stack)
+        try:
+            columns = plan_columns(choices, numbers(strengths), [under] if under else [])
+            result = compare(editor, [input_image], prompt, columns, numbers(seeds, int) or [0],
+                             negative or "", steps=int(steps), true_cfg_scale=float(cfg),
+                             size=(int(width), int(height)) if width and height else None,
+                             target=target_image,
+                             progress=lambda i, n: progress((i, n), desc="comparing"),
+                             cancel_key=request.session_hash if request else None)
+        except EditCancelled:
+            return None, "Cancelled.", None
+        except (ValueError, FileNotFoundError) as exc:
+            raise gr.Error(str(exc))
+        out = Path(tempfile.mkdtemp(prefix="compare-"))
+        result.grid.save(out / "comparison.png")
+        (out / "comparison.json").write_text(json.dumps(result.params, indent=2))
+        note = (f"{len(result.seeds)} seed(s) × {len(result.columns)} column(s) in "
+                f"{result.seconds:.1f}s")
+        if project_name:
+            row = store.save_edit(project_name, [input_image], result.grid, result.params,
+                                  result.seconds, kind="compare")
+            note += f" · saved to `{project_name}` history (#{row['id']})"
+        return result.grid, note, [str(out / "comparison.png"), str(out / "comparison.json")]
+
+    def on_use_pair(project_name, pid):
+        source, target_image, instruction = common.load_pair(store, project_name, pid)
+        return source, instruction, gr.Image(value=target_image, visible=True)
+
+    def on_project(project_name):
+        return gr.Dropdown(choices=[(BASE, BASE)] + common.adapter_choices(store, project_name))
+
+    run.click(on_compare, [project, image, target, prompt, negative, chosen, strengths, seeds,
+                           stack, steps, cfg, width, height], [grid, status, files],
+              api_name="compare", concurrency_limit=1, concurrency_id="gpu")
+    def on_cancel(request: gr.Request):
+        if request:
+            editor.cancel(request.session_hash)
+
+    cancel.click(on_cancel, None, None, api_name=False, queue=False)
+    use_pair.click(on_use_pair, [project, pair_id], [image, prompt, target], api_name=False)
+    preset.change(lambda name: tuple(sampler_settings(name, defaults).values()), preset,
+                  [steps, cfg], api_name=False)
+    project.change(on_project, project, chosen, api_name=False)
+    return on_project, project, [chosen]
