@@ -1,0 +1,46 @@
+"""Arguments and accelerate config generation."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from studio.trainer.accelerate_config import PRESETS, main, make_config
+from studio.trainer.args import DEFAULT_TARGETS, parse_args
+
+
+def test_defaults_follow_the_reference_recipe():
+    a = parse_args(["--dataset_base_path", "x"])
+    assert (a.lora_rank, a.lora_alpha, a.learning_rate, a.weight_decay, a.max_pixels) == (
+        32, 32.0, 1e-4, 0.01, 1048576)
+    assert a.lora_target_modules == DEFAULT_TARGETS and a.edit_image_auto_resize
+    assert parse_args(["--dataset_base_path", "x", "--lora_rank", "8"]).lora_alpha == 8.0
+    with pytest.raises(SystemExit):
+        parse_args(["--dataset_base_path", "x", "--height", "512"])
+
+
+def test_seed_preset_is_eight_card_zero2_bf16_with_clipping(capsys):
+    assert main(["--preset", "ascend-8-zero2"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["distributed_type"] == "DEEPSPEED" and config["num_processes"] == 8
+    assert config["mixed_precision"] == "bf16"
+    assert config["deepspeed_config"]["zero_stage"] == 2
+    assert config["deepspeed_config"]["gradient_clipping"] == 1.0
+    assert "ascend-8-zero2" in PRESETS
+
+
+def test_multi_node_and_ddp_fields(tmp_path):
+    c = make_config("ddp", num_processes=16, device="cuda", num_machines=2, machine_rank=1,
+                    main_process_ip="10.0.0.1", main_process_port=29501)
+    assert (c["distributed_type"], c["num_machines"], c["machine_rank"]) == ("MULTI_GPU", 2, 1)
+    assert (c["main_process_ip"], c["main_process_port"]) == ("10.0.0.1", 29501)
+    assert make_config("ddp", 8, "npu")["distributed_type"] == "MULTI_NPU"
+    single = make_config("single", 1, "cpu")
+    assert single["distributed_type"] == "NO" and single["use_cpu"] and single["mixed_precision"] == "no"
+    with pytest.raises(ValueError, match="main_process_ip"):
+        make_config("ddp", 16, "cuda", num_machines=2)
+    with pytest.raises(ValueError, match="evenly"):
+        make_config("ddp", 3, "cuda", num_machines=2, main_process_ip="h")
+    out = tmp_path / "a.yaml"
+    assert main(["--mode", "zero2", "--num_processes", "4", "--offload_optimizer", "cpu",
+                 "--out", str(out)]) == 0
+    assert yaml.safe_load(out.read_text())["deepspeed_config"]["offload_optimizer_device"] == "cpu"
