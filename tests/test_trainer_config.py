@@ -44,3 +44,17 @@ def test_multi_node_and_ddp_fields(tmp_path):
     assert main(["--mode", "zero2", "--num_processes", "4", "--offload_optimizer", "cpu",
                  "--out", str(out)]) == 0
     assert yaml.safe_load(out.read_text())["deepspeed_config"]["offload_optimizer_device"] == "cpu"
+
+
+def test_out_of_memory_is_recognised_and_the_message_says_what_to_change():
+    import torch
+
+    from studio.trainer.args import parse_args
+    from studio.trainer.loop import _is_oom, _oom_message
+
+    assert _is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert _is_oom(RuntimeError("NPU out of memory. Tried to allocate 1.00 GiB"))
+    assert not _is_oom(RuntimeError("shape mismatch"))
+    message = _oom_message(parse_args(["--dataset_base_path", "x", "--max_pixels", "1048576"]))
+    for hint in ("--max_pixels (now 1048576", "--use_gradient_checkpointing", "ZeRO-2", "offload"):
+        assert hint in message

@@ -126,7 +126,8 @@ def test_loss_falls_and_the_adapter_changes_the_output(demo_model, dataset, tmp_
     from studio.trainer.schedule import TrainingSchedule
 
     out = tmp_path / "fit"
-    run_trainer(demo_model, dataset, out, "--max_steps", 40, "--learning_rate", "3e-3")
+    run_trainer(demo_model, dataset, out, "--max_steps", 40, "--learning_rate", "3e-3",
+                "--use_gradient_checkpointing")
     encoded = _cached(dataset)  # the run filled the cache
     schedule = TrainingSchedule()
 
@@ -150,10 +151,9 @@ def test_loss_falls_and_the_adapter_changes_the_output(demo_model, dataset, tmp_
     pipe.set_progress_bar_config(disable=True)
 
     def edit():
-        image = pipe(image=make_image(64, 64), prompt="Make the sky blue", num_inference_steps=2, true_cfg_scale=1.0,
-                     height=64, width=64, generator=torch.Generator().manual_seed(0),
-                     output_type="pt").images
-        return image
+        return pipe(image=make_image(64, 64), prompt="Make the sky blue", num_inference_steps=2,
+                    true_cfg_scale=1.0, height=64, width=64,
+                    generator=torch.Generator().manual_seed(0), output_type="pt").images
 
     base = edit()
     pipe.load_lora_weights(str(out / "final.safetensors"))

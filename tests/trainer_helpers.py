@@ -41,8 +41,8 @@ def free_port() -> int:
 
 def env(**extra) -> dict:
     e = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
-    e.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
-             PYTHONPATH=str(ROOT), **extra)
+    e.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+              "PYTHONPATH": str(ROOT), **extra})
     return e
 
 

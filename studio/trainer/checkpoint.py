@@ -26,6 +26,10 @@ from .lora_io import lora_parameters, save_lora
 RESUME = "resume"
 
 
+class ResumeError(ValueError):
+    pass
+
+
 def lora_path(output: Path, step: int) -> Path:
     return output / f"step-{step:06d}.safetensors"
 
@@ -80,13 +84,13 @@ def restore(output: Path, transformer, optimizer, lr_sched, deepspeed_engine=Non
     params = lora_parameters(transformer)
     missing = sorted(set(params) - set(raw))
     if missing:
-        raise ValueError(f"{folder}: resume state lacks {missing[0]} (was the LoRA config changed?)")
+        raise ResumeError(f"{folder}: resume state lacks {missing[0]} (was the LoRA config changed?)")
     with torch.no_grad():
         for name, value in raw.items():
             params[name].copy_(value.to(params[name].dtype))
     if state.get("deepspeed"):
         if deepspeed_engine is None:
-            raise ValueError(f"{folder}: saved under DeepSpeed; resume with the same accelerate config")
+            raise ResumeError(f"{folder}: saved under DeepSpeed; resume with the same accelerate config")
         _, client = deepspeed_engine.load_checkpoint(str(folder / "deepspeed"), tag="state",
                                                      load_module_strict=False)
         lr_sched.load_state_dict(client["lr_scheduler"])

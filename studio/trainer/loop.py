@@ -220,20 +220,15 @@ def train(args) -> int:
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         loss_sum = 0.0
-        try:
-            for micro in range(gas):
-                entry = order.entry(step, micro, rank)
-                with accelerator.accumulate(model):
-                    loss, _ = sample_loss(model, encoded(order.pair_index(entry)), schedule,
-                                          order.generator(entry), device, dtype)
-                    accelerator.backward(loss)
-                    optimizer_w.step()
-                    optimizer_w.zero_grad()
-                loss_sum += float(loss.detach())
-        except RuntimeError as exc:
-            if _is_oom(exc):
-                raise TrainingError(_oom_message(args)) from exc
-            raise
+        for micro in range(gas):
+            entry = order.entry(step, micro, rank)
+            with accelerator.accumulate(model):
+                loss, _ = sample_loss(model, encoded(order.pair_index(entry)), schedule,
+                                      order.generator(entry), device, dtype)
+                accelerator.backward(loss)
+                optimizer_w.step()
+                optimizer_w.zero_grad()
+            loss_sum += float(loss.detach())
         lr_sched.step()
         mean_loss = dist.all_sum(loss_sum) / (gas * world)
         if not math.isfinite(mean_loss):
@@ -288,6 +283,20 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return train(args)
-    except (TrainingError, DatasetError, LoraFormatError, ModelFolderError) as exc:
-        log.error("%s", exc) if log.handlers else print(f"error: {exc}", file=sys.stderr)
+    except (TrainingError, DatasetError, LoraFormatError, ModelFolderError,
+            checkpoint.ResumeError) as exc:
+        _report(exc)
         return 2
+    except RuntimeError as exc:  # torch.OutOfMemoryError included
+        if not _is_oom(exc):
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        _report(f"{_oom_message(args)}\n  ({type(exc).__name__}: {first})")
+        return 3
+
+
+def _report(message) -> None:
+    if log.handlers:
+        log.error("%s", message)
+    else:
+        print(f"error: {message}", file=sys.stderr)
