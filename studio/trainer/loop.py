@@ -241,7 +241,8 @@ def train(args) -> int:
         elapsed = now - started
         if dist.is_main():
             _append_metrics(metrics_file, {
-                "step": done, "epoch": round(order.epoch_after(done), 4), "loss": mean_loss,
+                "step": done, "total": total, "epoch": round(order.epoch_after(done), 4),
+                "loss": mean_loss,
                 "lr": lr, "samples_per_s": order.global_batch / max(now - t0, 1e-9),
                 "elapsed": prior_elapsed + elapsed,
                 "eta": elapsed / (done - start) * (total - done)})
