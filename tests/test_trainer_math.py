@@ -133,7 +133,7 @@ def test_saved_keys_are_comfyui_style_with_alpha_folded(lora_transformer, tmp_pa
 
 @pytest.mark.parametrize("style", ["diffusers", "diffsynth", "comfyui_down_up_alpha"])
 def test_lora_checkpoint_reads_every_key_style(lora_transformer, tmp_path, style):
-    from studio.trainer.lora_io import export_state, load_into, lora_parameters
+    from studio.trainer.lora_io import export_state, load_into
 
     comfy = export_state(lora_transformer, rank=4, alpha=8.0)  # full delta in B @ A
     if style == "diffusers":

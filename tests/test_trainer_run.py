@@ -3,7 +3,6 @@ accelerate, DDP over gloo and DeepSpeed ZeRO-2."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import time

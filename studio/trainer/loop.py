@@ -76,7 +76,7 @@ def _model_folder(spec: str) -> Path:
     if spec != "demo":
         return Path(spec).expanduser().resolve()
     if dist.is_main():  # build the demo model once, then everyone loads it
-        folder = resolve_model("demo", projects_dir())
+        resolve_model("demo", projects_dir())
     dist.barrier()
     return resolve_model("demo", projects_dir())
 
@@ -152,8 +152,11 @@ def train(args) -> int:
 
     info = inspect_model_folder(_model_folder(args.model_path))
     pairs = load_pairs(args.dataset_base_path, args.dataset_metadata_path)
-    if len(pairs[0].inputs) > info.max_images or any(len(p.inputs) > info.max_images for p in pairs):
-        raise DatasetError(f"{info.pipeline_class} takes at most {info.max_images} edit image(s) per pair")
+    crowded = [p for p in pairs if len(p.inputs) > info.max_images]
+    if crowded:
+        raise DatasetError(f"sample {crowded[0].sample_id} (and {len(crowded) - 1} more) has "
+                           f"{len(crowded[0].inputs)} edit images; {info.pipeline_class} takes at "
+                           f"most {info.max_images}")
     encoded = _encoded_source(args, pairs, info, device, dtype, stop)
 
     torch.manual_seed(args.seed)  # same LoRA init on every rank
