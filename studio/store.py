@@ -89,9 +89,17 @@ def _v3_edit_kinds(db: sqlite_utils.Database) -> None:
     db["edits"].add_column("params", str)
 
 
+def _v4_run_jobs(db: sqlite_utils.Database) -> None:
+    """Training jobs: which devices a run holds (for the queue) and why it failed."""
+    db["runs"].add_column("devices", str)
+    db["runs"].add_column("error", str)
+    db["runs"].create_index(["status", "id"], index_name="idx_runs_status")
+    db["adapters"].create_index(["run_id", "step"], index_name="idx_adapters_run_step")
+
+
 # Append only: never edit a migration that has shipped, add the next one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1_initial, _v2_pair_curation, _v3_edit_kinds]
+    _v1_initial, _v2_pair_curation, _v3_edit_kinds, _v4_run_jobs]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -134,6 +142,13 @@ class Store:
         from .pairs_store import Pairs
 
         return Pairs(self)
+
+    @property
+    def runs(self):
+        """Training-run persistence lives in studio/runs_store.py."""
+        from .runs_store import Runs
+
+        return Runs(self)
 
     def close(self) -> None:
         with self._lock:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import adapters, compare, dataset, edit, models, project
+from . import adapters, compare, dataset, edit, models, project, train
 
-COMMAND_MODULES = (models, project, dataset, edit, compare, adapters)
+COMMAND_MODULES = (models, project, dataset, train, edit, compare, adapters)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,23 +1,27 @@
 """`adapters add/list`, and turning `ID|FILE[:STRENGTH]` arguments into adapters."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..paths import projects_dir
 from ..store import Store
+from ..trainer.jobs import JobManager
 
 
 def register(sub) -> None:
     p = sub.add_parser("adapters", help="list a project's LoRA adapters, or add a LoRA file")
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
-    listing = verbs.add_parser("list", help="list adapters")
-    listing.add_argument("--project", required=True)
+    listing = verbs.add_parser("list", help="list adapters (each with its run id, step and path)")
+    listing.add_argument("--project", default=None, help="default: every project")
+    listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=list_adapters)
-    add = verbs.add_parser("add", help="register a LoRA file (diffusers, DiffSynth or ComfyUI keys)")
-    add.add_argument("--project", required=True)
-    add.add_argument("--name", default=None)
-    add.add_argument("file")
-    add.set_defaults(handler=add_adapter)
+    for verb in ("import", "add"):
+        add = verbs.add_parser(verb, help="register a LoRA file (diffusers, DiffSynth or ComfyUI keys)")
+        add.add_argument("file")
+        add.add_argument("--project", required=True)
+        add.add_argument("--name", default=None)
+        add.set_defaults(handler=add_adapter)
 
 
 def open_store(args) -> Store:
@@ -25,12 +29,19 @@ def open_store(args) -> Store:
 
 
 def list_adapters(args) -> int:
-    rows = open_store(args).list_adapters(args.project)
+    store = open_store(args)
+    JobManager(store).reconcile()  # checkpoints of running jobs become adapters
+    names = [args.project] if args.project else [p["name"] for p in store.list_projects()]
+    rows = [{**row, "project": name} for name in names for row in store.list_adapters(name)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
     if not rows:
-        print(f"no adapters in {args.project} yet")
+        print("no adapters yet")
     for row in rows:
         step = f"step {row['step']}" if row["step"] is not None else "-"
-        print(f"{row['id']}\t{row['name']}\t{step}\t{row['path']}")
+        run = f"run {row['run_id']}" if row["run_id"] else "imported"
+        print(f"{row['id']}\t{row['project']}\t{row['name']}\t{run}\t{step}\t{row['path']}")
     return 0
 
 

@@ -1,0 +1,161 @@
+"""`train` and `runs …`: training jobs without a browser."""
+from __future__ import annotations
+
+import json
+import time
+
+from tqdm import tqdm
+
+from ..paths import projects_dir
+from ..store import Store
+from ..trainer.jobs import JobManager
+from ..trainer.launch import PRESETS, TrainOptions
+
+# CLI flag -> TrainOptions field, for the options passed straight through.
+OPTION_FLAGS = {
+    "--max-steps": ("max_steps", int), "--save-steps": ("save_steps", int),
+    "--num-epochs": ("num_epochs", int), "--lora-rank": ("lora_rank", int),
+    "--lora-alpha": ("lora_alpha", float), "--learning-rate": ("learning_rate", float),
+    "--weight-decay": ("weight_decay", float), "--max-pixels": ("max_pixels", int),
+    "--dataset-repeat": ("dataset_repeat", int), "--seed": ("seed", int),
+    "--gradient-accumulation-steps": ("gradient_accumulation_steps", int),
+    "--mixed-precision": ("mixed_precision", str), "--device": ("device", str),
+    "--mode": ("mode", str), "--devices-per-node": ("processes_per_node", int),
+    "--nodes": ("num_machines", int), "--node-rank": ("machine_rank", int),
+    "--main-ip": ("main_ip", str), "--main-port": ("main_port", int),
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune a LoRA on a project's pairs")
+    p.add_argument("--project", required=True)
+    p.add_argument("--model", default="demo", help="model folder or 'demo'")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="Demo on CPU")
+    p.add_argument("--name", default=None, help="run name (default: <project>-lora)")
+    for flag, (field, kind) in OPTION_FLAGS.items():
+        p.add_argument(flag, dest=field, type=kind, default=None)
+    p.add_argument("--gradient-checkpointing", dest="use_gradient_checkpointing",
+                   action="store_true", default=None)
+    p.add_argument("--detach", action="store_true",
+                   help="return at once; the run id is printed on the last line")
+    p.set_defaults(handler=train)
+
+    runs = sub.add_parser("runs", help="list, show, stop, resume or delete training runs")
+    verbs = runs.add_subparsers(dest="verb", required=True, metavar="VERB")
+    listing = verbs.add_parser("list")
+    listing.add_argument("--project", default=None)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=list_runs)
+    for verb, handler in (("show", show_run), ("stop", stop_run), ("resume", resume_run),
+                          ("delete", delete_run)):
+        v = verbs.add_parser(verb)
+        v.add_argument("id", type=int)
+        if verb == "show":
+            v.add_argument("--json", action="store_true")
+        if verb == "resume":
+            v.add_argument("--detach", action="store_true")
+        v.set_defaults(handler=handler)
+
+
+def manager(args) -> JobManager:
+    return JobManager(Store(projects_dir(args.projects_dir)))
+
+
+def options(args) -> TrainOptions:
+    values = {**TrainOptions().as_dict(), **PRESETS[args.preset], "model": args.model}
+    for field in [f for f, _ in OPTION_FLAGS.values()] + ["use_gradient_checkpointing"]:
+        if getattr(args, field) is not None:
+            values[field] = getattr(args, field)
+    return TrainOptions.from_dict(values)
+
+
+def follow(jobs: JobManager, run_id: int) -> int:
+    """Show a progress bar until the run ends; Ctrl-C stops the run gracefully."""
+    bar = tqdm(desc=f"run {run_id}", unit="step")
+    try:
+        while True:
+            snap = jobs.snapshot(run_id)
+            if snap["total"]:
+                bar.total = snap["total"]
+            bar.update(snap["step"] - bar.n)
+            if snap["loss"] is not None:
+                bar.set_postfix(loss=f"{snap['loss']:.4f}")
+            if snap["run"]["status"] not in ("queued", "running", "stopping"):
+                break
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print(f"\nstopping run {run_id} (it saves a checkpoint; continue with: runs resume {run_id})")
+        jobs.stop(run_id)
+        snap = {"run": jobs.wait(run_id)}
+    finally:
+        bar.close()
+    run = snap["run"]
+    print(f"run {run_id} {run['status']}" + (f": {run['error']}" if run["error"] else ""))
+    return 0 if run["status"] in ("finished", "stopped") else 1
+
+
+def train(args) -> int:
+    jobs = manager(args)
+    run = jobs.submit(args.project, options(args), name=args.name)
+    print(f"run {run['id']} {run['status']}: {run['run_dir']}")
+    if args.detach:
+        print(run["id"])
+        return 0
+    return follow(jobs, run["id"])
+
+
+def summary(jobs: JobManager, run: dict) -> dict:
+    snap = jobs.snapshot(run["id"])
+    return {"id": run["id"], "name": run["name"], "project": jobs.runs.project_name(run),
+            "status": run["status"], "step": snap["step"], "total": snap["total"],
+            "loss": snap["loss"], "pid": run["pid"], "exit_code": run["exit_code"],
+            "run_dir": run["run_dir"], "command": run["command"], "error": run["error"],
+            "created_at": run["created_at"], "started_at": run["started_at"],
+            "ended_at": run["ended_at"]}
+
+
+def list_runs(args) -> int:
+    jobs = manager(args)
+    jobs.reconcile()
+    rows = [summary(jobs, r) for r in jobs.runs.list(args.project)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['id']}\t{r['project']}\t{r['status']}\t{r['step']}/{r['total'] or '?'}\t{r['name']}")
+    if not rows:
+        print("no runs yet: python -m studio train --project NAME")
+    return 0
+
+
+def show_run(args) -> int:
+    jobs = manager(args)
+    row = summary(jobs, jobs.runs.require(args.id))
+    row["log"] = jobs.snapshot(args.id)["log"]
+    if args.json:
+        print(json.dumps(row, indent=2))
+        return 0
+    for key in ("id", "name", "project", "status", "step", "total", "loss", "pid", "exit_code",
+                "run_dir", "command", "error"):
+        print(f"{key}: {row[key]}")
+    print("log:\n  " + "\n  ".join(row["log"]))
+    return 0
+
+
+def stop_run(args) -> int:
+    run = manager(args).stop(args.id)
+    print(f"run {args.id} {run['status']}")
+    return 0
+
+
+def resume_run(args) -> int:
+    jobs = manager(args)
+    run = jobs.resume(args.id)
+    print(f"run {args.id} {run['status']}")
+    return 0 if args.detach else follow(jobs, args.id)
+
+
+def delete_run(args) -> int:
+    manager(args).delete(args.id)
+    print(f"run {args.id} deleted")
+    return 0

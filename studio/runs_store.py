@@ -1,0 +1,77 @@
+"""Training runs in the store: one row per run, its status moving through
+queued -> running -> (stopping ->) stopped | finished | failed."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .store import Store, now
+
+STATUSES = ("queued", "running", "stopping", "stopped", "finished", "failed")
+ACTIVE = ("running", "stopping")
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    row["config"] = json.loads(row.get("config") or "{}")
+    return row
+
+
+class Runs:
+    def __init__(self, store: Store):
+        self.store = store
+        self.db = store.db
+        self._lock = store._lock
+
+    def create(self, project: str, name: str, run_dir: str, config: dict, devices: str) -> dict:
+        pid = self.store.require_project(project)["id"]
+        row = {"project_id": pid, "name": name, "status": "queued", "run_dir": run_dir,
+               "config": json.dumps(config), "devices": devices, "created_at": now()}
+        with self._lock, self.db.atomic():
+            row["id"] = self.db["runs"].insert(row).last_pk
+        return self.get(row["id"])
+
+    def get(self, run_id: int) -> dict | None:
+        with self._lock:
+            rows = list(self.db["runs"].rows_where("id = ?", [run_id], limit=1))
+        return _decode(rows[0]) if rows else None
+
+    def require(self, run_id: int) -> dict:
+        run = self.get(run_id)
+        if run is None:
+            raise KeyError(f"no run with id {run_id}; see: python -m studio runs list")
+        return run
+
+    def update(self, run_id: int, **fields) -> dict:
+        if "status" in fields and fields["status"] not in STATUSES:
+            raise ValueError(f"unknown run status {fields['status']!r}")
+        if "config" in fields:
+            fields["config"] = json.dumps(fields["config"])
+        with self._lock, self.db.atomic():
+            self.db["runs"].update(run_id, fields)
+        return self.get(run_id)
+
+    def list(self, project: str | None = None, statuses: tuple[str, ...] | None = None) -> list[dict]:
+        where, params = [], []
+        if project:
+            where.append("project_id = ?")
+            params.append(self.store.require_project(project)["id"])
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            params += list(statuses)
+        with self._lock:
+            rows = self.db["runs"].rows_where(" AND ".join(where) or None, params, order_by="id")
+            return [_decode(r) for r in rows]
+
+    def project_name(self, run: dict) -> str:
+        with self._lock:
+            return self.db["projects"].get(run["project_id"])["name"]
+
+    def delete(self, run_id: int) -> None:
+        with self._lock, self.db.atomic():
+            self.db.execute("DELETE FROM adapters WHERE run_id = ?", [run_id])
+            self.db.execute("DELETE FROM runs WHERE id = ?", [run_id])
+
+    def adapter_steps(self, run_id: int) -> set[int]:
+        with self._lock:
+            return {r["step"] for r in self.db["adapters"].rows_where("run_id = ?", [run_id])}

@@ -1,0 +1,129 @@
+"""What a training run executes: trainer options -> accelerate config, command and environment.
+
+Pure functions, so the Train tab can show the exact command before anything starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .accelerate_config import make_config
+
+
+@dataclass
+class TrainOptions:
+    model: str = "demo"
+    max_steps: int | None = 20
+    num_epochs: int = 1
+    save_steps: int | None = 10
+    lora_rank: int = 32
+    lora_alpha: float | None = None
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    max_pixels: int = 1024 * 1024
+    dataset_repeat: int = 1
+    gradient_accumulation_steps: int = 1
+    use_gradient_checkpointing: bool = False
+    seed: int = 0
+    mixed_precision: str = "auto"
+    # Where and how it runs.
+    device: str = "cpu"             # cpu | cuda | npu
+    mode: str = "single"            # single | ddp | zero2
+    processes_per_node: int = 1
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_ip: str = ""
+    main_port: int = 29500
+    env: dict = field(default_factory=dict)  # extra variables (e.g. edited Ascend settings)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainOptions":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Starting points in the Train tab; every field stays editable.
+PRESETS: dict[str, dict] = {
+    "Demo on CPU": dict(device="cpu", mode="single", processes_per_node=1, max_steps=20,
+                        save_steps=10, lora_rank=4, max_pixels=64 * 64, mixed_precision="no",
+                        use_gradient_checkpointing=False),
+    "One 80 GB GPU": dict(device="cuda", mode="single", processes_per_node=1, max_steps=2000,
+                          save_steps=250, lora_rank=32, max_pixels=1024 * 1024,
+                          mixed_precision="bf16", use_gradient_checkpointing=True),
+    # The seed recipe (MindSpeed-MM): 8 Ascend cards, DeepSpeed ZeRO-2, bf16, 262144 pixels.
+    "Seed: 8 Ascend NPUs, ZeRO-2": dict(device="npu", mode="zero2", processes_per_node=8,
+                                         max_steps=None, num_epochs=1, save_steps=500,
+                                         lora_rank=32, max_pixels=262144, mixed_precision="bf16",
+                                         use_gradient_checkpointing=True),
+}
+
+
+def devices_key(opts: TrainOptions) -> str:
+    """Runs with the same key compete for the same devices and are queued one after another."""
+    return opts.device
+
+
+def accelerate_config(opts: TrainOptions) -> dict:
+    return make_config(mode=opts.mode, num_processes=opts.processes_per_node * opts.num_machines,
+                       device=opts.device,
+                       mixed_precision=None if opts.mixed_precision == "auto" else opts.mixed_precision,
+                       gradient_accumulation_steps=opts.gradient_accumulation_steps,
+                       num_machines=opts.num_machines, machine_rank=opts.machine_rank,
+                       main_process_ip=opts.main_ip or None, main_process_port=opts.main_port)
+
+
+def trainer_args(opts: TrainOptions, dataset_dir: Path, output_dir: Path, resume: bool) -> list[str]:
+    args = ["--model_path", opts.model, "--dataset_base_path", str(dataset_dir),
+            "--output_path", str(output_dir), "--num_epochs", str(opts.num_epochs),
+            "--lora_rank", str(opts.lora_rank), "--learning_rate", str(opts.learning_rate),
+            "--weight_decay", str(opts.weight_decay), "--max_pixels", str(opts.max_pixels),
+            "--dataset_repeat", str(opts.dataset_repeat), "--seed", str(opts.seed),
+            "--gradient_accumulation_steps", str(opts.gradient_accumulation_steps),
+            "--mixed_precision", opts.mixed_precision]
+    if opts.max_steps:
+        args += ["--max_steps", str(opts.max_steps)]
+    if opts.save_steps:
+        args += ["--save_steps", str(opts.save_steps)]
+    if opts.lora_alpha:
+        args += ["--lora_alpha", str(opts.lora_alpha)]
+    if opts.use_gradient_checkpointing:
+        args.append("--use_gradient_checkpointing")
+    if opts.device == "cpu":
+        args += ["--device", "cpu"]
+    if resume:
+        args.append("--resume")
+    return args
+
+
+def launch_command(opts: TrainOptions, config_file: Path, dataset_dir: Path, output_dir: Path,
+                   resume: bool = False, python: str = sys.executable) -> list[str]:
+    return [python, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
+            "-m", "studio.trainer", *trainer_args(opts, dataset_dir, output_dir, resume)]
+
+
+def launch_env(opts: TrainOptions) -> dict[str, str]:
+    """Variables the run needs on top of the studio's own environment."""
+    env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if opts.device == "cpu":
+        env["ACCELERATE_USE_CPU"] = "1"  # several CPU processes go through the GPU launcher
+    if opts.device == "npu":
+        from studio.engine.npu.env import npu_env
+
+        env.update(npu_env())
+    env.update({k: str(v) for k, v in opts.env.items()})
+    return env
+
+
+def shell_line(command: list[str], env: dict[str, str]) -> str:
+    """The command as one pasteable shell line."""
+    return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())),
+                     *map(shlex.quote, command)])
