@@ -11,7 +11,7 @@ from ..engine.editor import Editor
 from ..engine.models import resolve_model
 from ..paths import projects_dir
 from ..store import Store
-from . import compare_tab, dataset_tab, edit_tab, project_bar, upcoming
+from . import compare_tab, dataset_tab, edit_tab, project_bar, security, upcoming
 
 AUTH_ENV = "STUDIO_AUTH"
 
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     auth = parse_auth(args.auth)
     root = projects_dir(args.projects_dir)
+    security.use_private_cache(root)  # before build_app: Gradio's file cache in the projects folder
     store = Store(root)
     if not store.list_projects():
         store.create_project("default")
@@ -85,5 +86,5 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app(store, editor)
     app.queue(default_concurrency_limit=None)
     app.launch(server_name=args.host, server_port=args.port, auth=auth,
-               max_file_size=args.max_upload, show_error=True)
+               max_file_size=args.max_upload, show_error=True, **security.launch_options(root))
     return 0
