@@ -77,6 +77,29 @@ def test_two_process_ddp_matches_one_process(baseline, demo_model, dataset, tmp_
     assert read_metrics(out)[-1]["loss"] == pytest.approx(read_metrics(baseline)[-1]["loss"], rel=1e-4)
 
 
+def test_two_nodes_from_generated_configs_match_one_process(baseline, demo_model, dataset, tmp_path):
+    """Two "machines" on localhost, one process each, launched with generated configs;
+    only machine 0 (rank 0) writes anything."""
+    from studio.trainer.accelerate_config import make_config, write_config
+    from tests.trainer_helpers import free_port
+
+    port = free_port()
+    procs = []
+    for rank in (0, 1):
+        config = write_config(tmp_path / f"node{rank}.yaml", make_config(
+            "ddp", 2, "cpu", num_machines=2, machine_rank=rank, main_process_ip="127.0.0.1",
+            main_process_port=port))
+        cmd = trainer_cmd(demo_model, dataset, tmp_path / f"out{rank}", "--max_steps", STEPS,
+                          launch=["--config_file", str(config), "--main_process_port", str(port)])
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env(ACCELERATE_USE_CPU="1"),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    errors = [p.communicate(timeout=240)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    assert not (tmp_path / "out1").exists()
+    a, b = lora(tmp_path / "out0" / "final.safetensors"), lora(baseline / "final.safetensors")
+    assert max_diff(a, b) < 1e-4 * max_abs(b)
+
+
 def test_two_process_deepspeed_zero2_matches_one_process(baseline, demo_model, dataset, tmp_path):
     from studio.trainer.accelerate_config import make_config, write_config
 

@@ -47,11 +47,14 @@ def env(**extra) -> dict:
 
 
 def trainer_cmd(model: Path, data: Path, out: Path, *args, launch: list[str] | None = None) -> list[str]:
+    """The plain program, or under `accelerate launch *launch` (on a free port unless the
+    launch options name one)."""
     prog = ["-m", "studio.trainer", "--model_path", str(model), "--dataset_base_path", str(data),
             "--output_path", str(out), *FAST, *map(str, args)]
     if launch is None:
         return [sys.executable, *prog]
-    return [ACCELERATE, "launch", *launch, "--main_process_port", str(free_port()), *prog]
+    port = [] if "--main_process_port" in launch else ["--main_process_port", str(free_port())]
+    return [ACCELERATE, "launch", *launch, *port, *prog]
 
 
 def run_trainer(model, data, out, *args, launch=None, extra_env=None, check=True, timeout=240):
