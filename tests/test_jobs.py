@@ -1,0 +1,110 @@
+"""Training runs through the job manager: real `accelerate launch` subprocesses on the demo model."""
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from studio.dataset.samples import add_sample_pairs
+from studio.store import Store
+from studio.trainer.jobs import JobManager
+from studio.trainer.launch import PRESETS, TrainOptions
+
+
+def options(demo_model, **changes) -> TrainOptions:
+    return TrainOptions.from_dict({**TrainOptions().as_dict(), **PRESETS["Demo on CPU"],
+                                   "model": str(demo_model), **changes})
+
+
+@pytest.fixture
+def jobs(tmp_path):
+    store = Store(tmp_path / "projects")
+    store.create_project("p")
+    add_sample_pairs(store, "p", 4)
+    return JobManager(store)
+
+
+def wait_for(condition, timeout=180, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def trainer_pids(run) -> list[int]:
+    """The trainer processes themselves (python -m studio.trainer), under launcher and supervisor."""
+    children = psutil.Process(run["pid"]).children(recursive=True)
+    return [c.pid for c in children if c.cmdline()[1:3] == ["-m", "studio.trainer"]]
+
+
+def test_runs_queue_finish_register_adapters_and_survive_a_studio_restart(jobs, demo_model):
+    first = jobs.submit("p", options(demo_model, max_steps=4, save_steps=2))
+    second = jobs.submit("p", options(demo_model, max_steps=2, save_steps=2))
+    assert first["status"] == "running" and second["status"] == "queued"  # both want the CPU
+    assert "accelerate.commands.launch" in first["command"] and "-m studio.trainer" in first["command"]
+
+    # A new manager over a new store connection, as after a studio restart: the live run is
+    # reattached (still running), and its end is learnt from the supervisor's exit file.
+    restarted = JobManager(Store(jobs.store.root))
+    assert restarted.runs.get(first["id"])["status"] == "running"
+    assert restarted.reconcile_one(restarted.runs.get(first["id"]))["status"] == "running"
+    done = restarted.wait(first["id"], timeout=240)
+    assert done["status"] == "finished" and done["exit_code"] == 0
+    snap = restarted.snapshot(first["id"])
+    assert snap["step"] == snap["total"] == 4 and len(snap["metrics"]) == 4
+    assert all(m["loss"] > 0 for m in snap["metrics"])
+    steps = sorted(a["step"] for a in restarted.store.list_adapters("p") if a["run_id"] == first["id"])
+    assert steps == [2, 4]
+
+    # The queue moved on by itself: the second run started once the CPU was free.
+    assert restarted.wait(second["id"], timeout=240)["status"] == "finished"
+    assert restarted.runs.get(second["id"])["started_at"] >= done["ended_at"]
+
+
+def test_stop_saves_a_checkpoint_and_resume_finishes_the_same_run(jobs, demo_model):
+    run = jobs.submit("p", options(demo_model, max_steps=400, save_steps=1000))
+    output = Path(run["run_dir"]) / "output"
+    wait_for(lambda: jobs.snapshot(run["id"])["step"] >= 2, what="two steps")
+    assert jobs.stop(run["id"])["status"] == "stopping"
+    stopped = jobs.wait(run["id"], timeout=120)
+    assert stopped["status"] == "stopped", stopped["error"]
+    state = json.loads((output / "resume" / "state.json").read_text())
+    assert state["step"] >= 2
+    at_stop = state["step"]
+
+    resumed = jobs.resume(run["id"])
+    assert resumed["status"] == "running"
+    wait_for(lambda: jobs.snapshot(run["id"])["step"] > at_stop + 1, what="steps after resume")
+    jobs.stop(run["id"])
+    jobs.wait(run["id"], timeout=120)
+    metrics = jobs.snapshot(run["id"])["metrics"]
+    assert [m["step"] for m in metrics] == list(range(1, len(metrics) + 1))  # no gap, no repeat
+    assert "resumed at step" in (Path(run["run_dir"]) / "train.log").read_text()
+
+
+def test_a_killed_trainer_marks_the_run_failed_with_its_last_lines(jobs, demo_model):
+    run = jobs.submit("p", options(demo_model, max_steps=400, save_steps=1000))
+    wait_for(lambda: jobs.snapshot(run["id"])["step"] >= 1, what="a first step")
+    pids = trainer_pids(jobs.runs.get(run["id"]))
+    assert pids
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    failed = jobs.wait(run["id"], timeout=120)
+    assert failed["status"] == "failed"
+    assert failed["exit_code"] not in (None, 0)
+    assert "exit status" in failed["error"] and "INFO" in failed["error"]  # the log tail
+
+
+def test_a_project_without_pairs_is_refused(jobs, demo_model):
+    jobs.store.create_project("empty")
+    with pytest.raises(ValueError, match="no pairs"):
+        jobs.submit("empty", options(demo_model))
+    with pytest.raises(ValueError, match="main_process_ip"):
+        jobs.submit("p", options(demo_model, mode="ddp", processes_per_node=2, num_machines=2))
+    assert jobs.runs.list() == []
