@@ -36,6 +36,10 @@ def test_multi_node_and_ddp_fields(tmp_path):
     assert make_config("ddp", 8, "npu")["distributed_type"] == "MULTI_NPU"
     single = make_config("single", 1, "cpu")
     assert single["distributed_type"] == "NO" and single["use_cpu"] and single["mixed_precision"] == "no"
+    z = make_config("zero2", 16, "npu", num_machines=2, machine_rank=0, main_process_ip="10.0.0.1")
+    assert z["deepspeed_config"]["deepspeed_multinode_launcher"] == "standard"
+    with pytest.raises(ValueError, match="machine_rank 2"):
+        make_config("ddp", 16, "cuda", num_machines=2, machine_rank=2, main_process_ip="h")
     with pytest.raises(ValueError, match="main_process_ip"):
         make_config("ddp", 16, "cuda", num_machines=2)
     with pytest.raises(ValueError, match="evenly"):

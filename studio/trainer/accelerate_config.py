@@ -39,6 +39,8 @@ def make_config(mode: str = "single", num_processes: int = 1, device: str = "cud
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if device not in ("cpu", "cuda", "npu"):
         raise ValueError(f"device must be cpu, cuda or npu, not {device!r}")
+    if not 0 <= machine_rank < num_machines:
+        raise ValueError(f"machine_rank {machine_rank} is not in 0..{num_machines - 1}")
     if num_machines > 1 and not main_process_ip:
         raise ValueError("several machines need main_process_ip (the address of machine 0)")
     if mode == "single" and num_processes != 1:
@@ -67,6 +69,9 @@ def make_config(mode: str = "single", num_processes: int = 1, device: str = "cud
               "zero3_init_flag": False}
         if gradient_clipping is not None:
             ds["gradient_clipping"] = gradient_clipping
+        if num_machines > 1:
+            # One `accelerate launch` per node; accelerate's default would be pdsh over ssh.
+            ds["deepspeed_multinode_launcher"] = "standard"
         config["deepspeed_config"] = ds
     if mode != "single" and device != "cpu":
         config["gpu_ids"] = "all"

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoded-pair cache (default: <dataset_base_path>/.studio_cache)")
     p.add_argument("--no_cache", action="store_true",
                    help="encode every pair at every step (slow; for comparison)")
-    p.add_argument("--device", default=None, help="override accelerate's device (e.g. cpu)")
+    p.add_argument("--device", default=None,
+                   help="cpu keeps the run on the CPU; cuda/npu only check where accelerate put it")
     return p
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -140,12 +141,18 @@ def train(args) -> int:
     output = Path(args.output_path).expanduser().resolve()
     # The last block's text-stream outputs feed nothing, so LoRA on them gets no gradient.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    # --device cpu keeps a GPU machine's run on the CPU; under DeepSpeed accelerate would then
+    # drop DeepSpeed (MULTI_CPU), so there the launch config alone decides.
+    force_cpu = args.device == "cpu" and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true"
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
-                              kwargs_handlers=[ddp])
+                              kwargs_handlers=[ddp], cpu=force_cpu)
     _setup_logging(output)
     deepspeed = accelerator.state.deepspeed_plugin is not None
     rank, world, gas = dist.rank(), dist.world(), args.gradient_accumulation_steps
     device = accelerator.device
+    if args.device and args.device.split(":")[0] != device.type:
+        raise TrainingError(f"--device {args.device} asked, but accelerate placed this process on "
+                            f"{device}; check the accelerate config and the visible devices")
     dtype = _dtype(args, device)
     log.info("rank %d of %d on %s, %s%s", rank, world, device, dtype,
              ", DeepSpeed ZeRO-%s" % accelerator.state.deepspeed_plugin.zero_stage if deepspeed else "")
