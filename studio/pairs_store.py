@@ -66,6 +66,10 @@ class Pairs:
         pid = self.project_id(project)
         inserted: list[dict[str, Any]] = []
         with self._lock, self.db.atomic():
+            # Column names are the one part of the INSERT that is not a bound parameter.
+            unknown = {c for row in rows for c in row} - set(self.db["pairs"].columns_dict)
+            if unknown:
+                raise ValueError(f"not columns of pairs: {', '.join(sorted(map(repr, unknown)))}")
             keys = [row["pair_key"] for row in rows]
             present = self._present(pid, "pair_key", keys)
             taken = self._present(pid, "sample_id", [row["sample_id"] for row in rows])
