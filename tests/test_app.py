@@ -108,3 +108,37 @@ def test_edit_with_an_adapter_and_compare_base_with_it(app_url, demo_model, tmp_
     assert Image.open(grid_path).size == Image.open(exported["comparison.png"]).size
     kinds = [row["kind"] for row in Store(projects).list_edits("default")]
     assert "compare" in kinds
+
+
+def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model):
+    from studio.dataset.samples import add_sample_pairs
+    from studio.ui.train_tab import FIELDS, preset_values
+
+    url, projects = app_url
+    store = Store(projects)
+    store.create_project("trainee")
+    add_sample_pairs(store, "trainee", 4)
+    values = dict(zip([name for name, _ in FIELDS], preset_values("Demo on CPU")))
+    values.update(max_steps=4, save_steps=2)
+    form = [values[name] for name, _ in FIELDS]
+    client = Client(url, verbose=False)
+    preview = client.predict("trainee", str(demo_model), "", *form, api_name="/train_preview")
+    assert "accelerate.commands.launch" in preview and "--max_steps 4" in preview
+    assert '"distributed_type": "NO"' in preview
+
+    run = client.predict("trainee", str(demo_model), "tab-run", "", *form, api_name="/train_start")
+    run_id = int(run["value"])  # the run picker, updated to the new run
+    deadline = time.monotonic() + 240
+    steps_seen = set()
+    while time.monotonic() < deadline:
+        bar, status, curve, log = client.predict(run_id, api_name="/train_status")
+        steps_seen.add(int(bar.split('data-step="')[1].split('"')[0]))
+        if "**finished**" in status or "**failed**" in status:
+            break
+        time.sleep(1)
+    assert "**finished**" in status, status
+    assert "step 4/4" in status and "loss" in status
+    assert max(steps_seen) == 4 and len(curve["data"]) == 4
+    assert "done: 4 steps" in log
+    steps = sorted(a["step"] for a in store.list_adapters("trainee"))
+    assert steps == [2, 4]

@@ -88,6 +88,23 @@ class Editor:
         self.encode_cache.install(pipe)
         return pipe
 
+    def release(self) -> bool:
+        """Drop the pipeline (e.g. before a training run takes this device); the next edit
+        loads it again. Returns whether anything was freed."""
+        with self._run_lock, self._load_lock:  # same order as edit(): run, then load
+            if self._pipe is None:
+                return False
+            self._pipe, self.adapters = None, None
+            self.encode_cache.clear()
+            self.encode_cache = EncodeCache()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        return True
+
+    def shares_device(self, device: str) -> bool:
+        """Whether a run on `device` (cpu, cuda, npu) competes with this editor's memory."""
+        return device != "cpu" and self.device.split(":")[0] == device
+
     @property
     def defaults(self) -> dict:
         """Sampler defaults: the real model's recommended settings; few steps on the demo."""
@@ -137,9 +154,9 @@ class Editor:
                 raise EditCancelled("edit cancelled")
             return tensors
 
-        pipe = self.pipeline
         try:
             with self._run_lock:
+                pipe = self.pipeline
                 if cancel is not None and cancel.is_set():
                     raise EditCancelled("edit cancelled")
                 started = time.perf_counter()

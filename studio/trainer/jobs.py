@@ -102,6 +102,14 @@ class JobManager:
                                            "model": str(resolve_model("demo", self.store.root))})
         if not self.store.pairs.count(project):
             raise ValueError(f"project {project!r} has no pairs to train on; add some in the Dataset tab")
+        from ..dataset.validate import validate_project
+
+        report = validate_project(self.store, project, max_pixels=opts.max_pixels)
+        if report.errors:
+            bad = [f"pair {p['id']} ({p['sample_id']}): {p['message']}"
+                   for p in report.problems if p["level"] == "error"]
+            raise ValueError(f"{report.summary()}; fix or delete these pairs before training:\n"
+                             + "\n".join(bad[:20]) + ("\n…" if len(bad) > 20 else ""))
         run = self.runs.create(project, name or f"{project}-lora", "", opts.as_dict(),
                                launch.devices_key(opts))
         run = self.runs.update(run["id"], run_dir=str(self.run_dir(project, run["id"])))

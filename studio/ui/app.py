@@ -11,7 +11,8 @@ from ..engine.editor import Editor
 from ..engine.models import resolve_model
 from ..paths import projects_dir
 from ..store import Store
-from . import compare_tab, dataset_tab, edit_tab, project_bar, security, upcoming
+from ..trainer.jobs import JobManager
+from . import compare_tab, dataset_tab, edit_tab, project_bar, security, train_tab
 
 AUTH_ENV = "STUDIO_AUTH"
 
@@ -36,7 +37,7 @@ def demo_notice(editor: Editor) -> str:
     )
 
 
-def build_app(store: Store, editor: Editor) -> gr.Blocks:
+def build_app(store: Store, editor: Editor, jobs: JobManager) -> gr.Blocks:
     with gr.Blocks(title="Qwen Image Edit Studio") as app:
         gr.Markdown("# Qwen Image Edit Studio")
         gr.Markdown(demo_notice(editor), elem_id="model-notice")
@@ -44,10 +45,10 @@ def build_app(store: Store, editor: Editor) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Dataset"):
                 dataset_tab.build(store, project)
-            with gr.Tab("Train"):
-                upcoming.build("Train", "LoRA fine-tuning under accelerate launch, monitored live")
+            with gr.Tab("Train", id="train"):
+                loaders = [train_tab.build(store, jobs, project, str(editor.info.path))]
             with gr.Tab("Edit", id="edit"):
-                loaders = [edit_tab.build(store, editor, project)]
+                loaders.append(edit_tab.build(store, editor, project))
             with gr.Tab("Compare", id="compare"):
                 loaders.append(compare_tab.build(store, editor, project))
         # Per-project choices (adapters, history) are read fresh for every page load.
@@ -83,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
                     cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling)
     # Load the pipeline while the page is served, so the first edit does not wait for it.
     threading.Thread(target=lambda: editor.pipeline, daemon=True, name="load-model").start()
-    app = build_app(store, editor)
+    # A run on the editor's accelerator needs its memory: the editor lets go of its pipeline.
+    jobs = JobManager(store, before_start=lambda device: editor.shares_device(device) and editor.release())
+    jobs.reconcile()  # runs left from before a restart: reattach the live ones, settle the dead
+    app = build_app(store, editor, jobs)
     app.queue(default_concurrency_limit=None)
     app.launch(server_name=args.host, server_port=args.port, auth=auth,
                max_file_size=args.max_upload, show_error=True, **security.launch_options(root))

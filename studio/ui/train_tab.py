@@ -1,0 +1,172 @@
+"""The Train tab: configure a LoRA run, see the exact command, launch it, watch, stop, resume."""
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+import pandas as pd
+
+from ..trainer.jobs import JobManager
+from ..trainer.launch import PRESETS, TrainOptions
+
+# Form fields in the order of the event inputs: (TrainOptions field, component factory).
+FIELDS = [
+    ("max_steps", lambda: gr.Number(label="Max steps", precision=0, info="0 = whole epochs")),
+    ("num_epochs", lambda: gr.Number(label="Epochs", precision=0)),
+    ("save_steps", lambda: gr.Number(label="Save every N steps", precision=0, info="0 = each epoch")),
+    ("lora_rank", lambda: gr.Number(label="LoRA rank", precision=0, info="the seed uses 32")),
+    ("lora_alpha", lambda: gr.Number(label="LoRA alpha", info="0 = same as rank")),
+    ("learning_rate", lambda: gr.Number(label="Learning rate", info="AdamW, the seed uses 1e-4")),
+    ("weight_decay", lambda: gr.Number(label="Weight decay")),
+    ("max_pixels", lambda: gr.Number(label="Max pixels", precision=0,
+                                     info="target area; 1048576 = 1 MP, MindSpeed uses 262144")),
+    ("dataset_repeat", lambda: gr.Number(label="Dataset repeat", precision=0)),
+    ("gradient_accumulation_steps", lambda: gr.Number(label="Gradient accumulation", precision=0)),
+    ("seed", lambda: gr.Number(label="Seed", precision=0)),
+    ("mixed_precision", lambda: gr.Dropdown(["auto", "no", "bf16", "fp16"], label="Precision",
+                                            info="auto: bf16 on GPU/NPU, fp32 on CPU")),
+    ("use_gradient_checkpointing", lambda: gr.Checkbox(label="Gradient checkpointing",
+                                                       info="less memory, ~30% slower")),
+    ("device", lambda: gr.Dropdown(["cpu", "cuda", "npu"], label="Device")),
+    ("mode", lambda: gr.Dropdown(["single", "ddp", "zero2"], label="Distribution",
+                                 info="ddp: data parallel; zero2: DeepSpeed ZeRO-2")),
+    ("processes_per_node", lambda: gr.Number(label="Devices per node", precision=0)),
+    ("num_machines", lambda: gr.Number(label="Nodes", precision=0)),
+    ("machine_rank", lambda: gr.Number(label="This node's rank", precision=0)),
+    ("main_ip", lambda: gr.Textbox(label="Main node IP", info="needed with several nodes")),
+    ("main_port", lambda: gr.Number(label="Main port", precision=0)),
+]
+
+
+def options_from(model: str, env_text: str, values) -> TrainOptions:
+    data = {**TrainOptions().as_dict(), "model": model or "demo"}
+    for (name, _), value in zip(FIELDS, values):
+        if name in ("max_steps", "save_steps", "lora_alpha"):
+            value = value or None  # 0 means "not set"
+        elif isinstance(value, float) and name not in ("learning_rate", "weight_decay"):
+            value = int(value)
+        data[name] = value
+    env = {}
+    for line in (env_text or "").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, sep, value = line.partition("=")
+            if not sep:
+                raise gr.Error(f"environment line {line!r} is not KEY=VALUE")
+            env[key.strip()] = value.strip()
+    data["env"] = env
+    return TrainOptions.from_dict(data)
+
+
+def preset_values(name: str) -> list:
+    values = {**TrainOptions().as_dict(), **PRESETS.get(name, {})}
+    return [0 if values[f] is None else values[f] for f, _ in FIELDS]
+
+
+def progress_html(step: int, total: int | None) -> str:
+    share = 100 * step / total if total else 0
+    return (f'<div id="train-progress" data-step="{step}" data-total="{total or 0}">'
+            f'<div style="background:#eee;border-radius:4px;height:18px">'
+            f'<div style="background:#f97316;width:{share:.1f}%;height:18px;border-radius:4px">'
+            f'</div></div><small>step {step} / {total or "?"}</small></div>')
+
+
+def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
+    with gr.Row():
+        with gr.Column(scale=1):
+            preset = gr.Dropdown([*PRESETS, "Custom"], value="Demo on CPU", label="Preset",
+                                 elem_id="train-preset")
+            model = gr.Textbox(value=model_path, label="Model folder (or 'demo')")
+            name = gr.Textbox(label="Run name", placeholder="default: <project>-lora")
+            with gr.Accordion("Trainer options", open=False):
+                fields = [make() for _, make in FIELDS[:13]]
+            with gr.Accordion("Devices and nodes", open=False):
+                fields += [make() for _, make in FIELDS[13:]]
+                env_text = gr.Textbox(label="Extra environment (KEY=VALUE per line; NPU runs "
+                                            "also get the Ascend defaults shown in the command)",
+                                      lines=3)
+            with gr.Row():
+                show = gr.Button("Show command")
+                start = gr.Button("Start training", variant="primary", elem_id="train-start")
+            command = gr.Markdown(elem_id="train-command")
+        with gr.Column(scale=2):
+            with gr.Row():
+                run_pick = gr.Dropdown([], label="Run", scale=3, elem_id="train-run")
+                stop = gr.Button("Stop", elem_id="train-stop", scale=1)
+                resume = gr.Button("Resume", elem_id="train-resume", scale=1)
+                delete = gr.Button("Delete", variant="stop", scale=1)
+            bar = gr.HTML(progress_html(0, None))
+            status = gr.Markdown(elem_id="train-status")
+            curve = gr.LinePlot(x="step", y="loss", title="Loss", height=260, elem_id="train-loss")
+            log = gr.Textbox(label="Last log lines", lines=10, max_lines=10, autoscroll=True)
+    timer = gr.Timer(2.0)
+
+    def runs_of(project_name):
+        if not project_name or not store.get_project(project_name):
+            return []
+        jobs.reconcile()
+        return [(f"#{r['id']} {r['name']} · {r['status']}", r["id"])
+                for r in reversed(jobs.runs.list(project_name))]
+
+    def on_preview(project_name, model, env_text, *values):
+        preview = jobs.preview(options_from(model, env_text, values))
+        config = json.dumps(preview["accelerate_config"], indent=2)
+        return f"```bash\n{preview['shell']}\n```\naccelerate config:\n```json\n{config}\n```"
+
+    def on_start(project_name, model, name, env_text, *values):
+        if not project_name:
+            raise gr.Error("Choose or create a project first.")
+        try:
+            run = jobs.submit(project_name, options_from(model, env_text, values), name or None)
+        except (ValueError, KeyError) as exc:
+            raise gr.Error(str(exc.args[0] if isinstance(exc, KeyError) else exc))
+        return gr.Dropdown(choices=runs_of(project_name), value=run["id"])
+
+    def on_refresh(run_id):
+        if not run_id:
+            return progress_html(0, None), "No run selected.", None, ""
+        try:
+            snap = jobs.snapshot(int(run_id))
+        except KeyError:
+            return progress_html(0, None), "This run was deleted.", None, ""
+        run = snap["run"]
+        parts = [f"**{run['status']}**", f"step {snap['step']}/{snap['total'] or '?'}"]
+        if snap["loss"] is not None:
+            parts += [f"loss {snap['loss']:.4f}", f"lr {snap['lr']:.2e}",
+                      f"{snap['samples_per_s']:.2f} samples/s", f"ETA {snap['eta_s']:.0f}s"]
+        text = " · ".join(parts)
+        if run["error"]:
+            text += f"\n\n```\n{run['error']}\n```"
+        frame = pd.DataFrame([{"step": m["step"], "loss": m["loss"]} for m in snap["metrics"]],
+                             columns=["step", "loss"])
+        return progress_html(snap["step"], snap["total"]), text, frame, "\n".join(snap["log"])
+
+    def control(action):
+        def handler(project_name, run_id):
+            if not run_id:
+                raise gr.Error("Choose a run first.")
+            try:
+                getattr(jobs, action)(int(run_id))
+            except (ValueError, KeyError) as exc:
+                raise gr.Error(str(exc.args[0] if isinstance(exc, KeyError) else exc))
+            runs = runs_of(project_name)
+            return gr.Dropdown(choices=runs, value=None if action == "delete" else int(run_id))
+        return handler
+
+    form = [model, env_text, *fields]
+    preset.change(lambda p: preset_values(p) if p in PRESETS else [gr.skip()] * len(fields),
+                  preset, fields, api_name=False)
+    show.click(on_preview, [project, *form], command, api_name="train_preview")
+    start.click(on_start, [project, model, name, env_text, *fields], run_pick, api_name="train_start")
+    for action, button in (("stop", stop), ("resume", resume), ("delete", delete)):
+        button.click(control(action), [project, run_pick], run_pick, api_name=f"train_{action}")
+    outputs = [bar, status, curve, log]
+    run_pick.change(on_refresh, run_pick, outputs, api_name="train_status")
+    timer.tick(on_refresh, run_pick, outputs, api_name=False, show_progress="hidden")
+
+    def on_project(project_name):
+        runs = runs_of(project_name)
+        return [gr.Dropdown(choices=runs, value=runs[0][1] if runs else None),
+                *preset_values("Demo on CPU")]
+
+    project.change(on_project, project, [run_pick, *fields], api_name=False)
+    return on_project, project, [run_pick, *fields]
