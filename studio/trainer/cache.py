@@ -93,8 +93,9 @@ class PairEncoder:
         self.pipe.to("cpu")
         del self.pipe
         gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        backend = getattr(torch, torch.device(self.device).type, None)  # torch.cuda / torch.npu
+        if backend is not None and hasattr(backend, "empty_cache"):
+            backend.empty_cache()
 
 
 class EncodedCache:
