@@ -113,8 +113,10 @@ def launch_command(opts: TrainOptions, config_file: Path, dataset_dir: Path, out
 def launch_env(opts: TrainOptions) -> dict[str, str]:
     """Variables the run needs on top of the studio's own environment."""
     env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if opts.device == "cpu":
-        env["ACCELERATE_USE_CPU"] = "1"  # several CPU processes go through the GPU launcher
+    if opts.device == "cpu" and opts.mode != "zero2":
+        # Several CPU processes go through the GPU launcher with this set; under ZeRO-2 it
+        # would quietly turn the run into plain DDP, so DeepSpeed runs go without it.
+        env["ACCELERATE_USE_CPU"] = "1"
     if opts.device == "npu":
         from studio.engine.npu.env import npu_env
 
