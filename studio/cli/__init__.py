@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import adapters, compare, dataset, edit, models, project, train
+from . import adapters, compare, dataset, edit, models, project, seed, train
 
-COMMAND_MODULES = (models, project, dataset, train, edit, compare, adapters)
+COMMAND_MODULES = (models, project, dataset, train, edit, compare, adapters, seed)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,68 @@
+"""`seed-export` and `follow-log`: hand a project to the reference stack (DiffSynth-Studio /
+MindSpeed-MM) on a cluster, and watch such a run from its log."""
+from __future__ import annotations
+
+import json
+
+from ..engine.models import resolve_model
+from ..paths import projects_dir
+from ..store import Store
+from ..trainer.external_log import follow_log
+from ..trainer.launch import TrainOptions
+from ..trainer.seed_export import export_seed_recipe
+from .train import OPTION_FLAGS
+
+SEED_PRESET = "Seed: 8 Ascend NPUs, ZeRO-2"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("seed-export", help="write train_qwen_image_edit_lora.sh, "
+                                          "accelerate_config.yaml and the dataset for "
+                                          "MindSpeed-MM / DiffSynth-Studio")
+    p.add_argument("--project", required=True)
+    p.add_argument("--model", required=True, help="model folder (diffusers layout) or 'demo'")
+    p.add_argument("--out", required=True, help="a new folder")
+    p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
+    for flag, (field, kind) in OPTION_FLAGS.items():
+        p.add_argument(flag, dest=field, type=kind, default=None)
+    p.add_argument("--no-gradient-checkpointing", dest="use_gradient_checkpointing",
+                   action="store_false", default=None)
+    p.set_defaults(handler=seed_export)
+
+    f = sub.add_parser("follow-log", help="progress of an external DiffSynth/MindSpeed run from its log")
+    f.add_argument("file")
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(handler=show_log)
+
+
+def seed_export(args) -> int:
+    from ..trainer.launch import PRESETS
+
+    store = Store(projects_dir(args.projects_dir))
+    # Start from the seed recipe (8 Ascend NPUs, ZeRO-2); flags change single fields.
+    values = {**TrainOptions().as_dict(), **PRESETS[SEED_PRESET], "model": args.model}
+    for field in [f for f, _ in OPTION_FLAGS.values()] + ["use_gradient_checkpointing"]:
+        if getattr(args, field) is not None:
+            values[field] = getattr(args, field)
+    options = TrainOptions.from_dict(values)
+    model = resolve_model(args.model, store.root)
+    script = export_seed_recipe(store, args.project, model, args.out, options, overwrite=args.force)
+    print((script.parent / "README.txt").read_text(), end="")
+    print(f"wrote {script}")
+    return 0
+
+
+def show_log(args) -> int:
+    state = follow_log(args.file)
+    if args.json:
+        print(json.dumps(state))
+        return 0
+    if not state["total"]:
+        print("no training progress in the log yet")
+        return 0
+    speed = (f"{state['it_per_s']:.2f} it/s" if state["it_per_s"] and state["it_per_s"] >= 1
+             else f"{state['s_per_it']:.2f} s/it" if state["s_per_it"] else "? it/s")
+    loss = f"{state['loss']:.4f}" if state["loss"] is not None else "?"
+    print(f"epoch {state['epoch']} step {state['step']}/{state['total']} · loss {loss} · {speed}"
+          f" · elapsed {state['elapsed'] or '?'} · ETA {state['eta'] or '?'}")
+    return 0
