@@ -97,9 +97,14 @@ def _v4_run_jobs(db: sqlite_utils.Database) -> None:
     db["adapters"].create_index(["run_id", "step"], index_name="idx_adapters_run_step")
 
 
+def _v5_scheduler_jobs(db: sqlite_utils.Database) -> None:
+    """Multi-node runs submitted to Slurm are followed by their scheduler job id."""
+    db["runs"].add_column("scheduler_job", str)
+
+
 # Append only: never edit a migration that has shipped, add the next one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1_initial, _v2_pair_curation, _v3_edit_kinds, _v4_run_jobs]
+    _v1_initial, _v2_pair_curation, _v3_edit_kinds, _v4_run_jobs, _v5_scheduler_jobs]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

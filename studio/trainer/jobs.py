@@ -16,12 +16,13 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from ..runs_store import ACTIVE
 from ..store import Store, now
-from . import launch
+from . import launch, multinode
 from .accelerate_config import write_config
 from .launch import TrainOptions
 
@@ -95,6 +96,7 @@ class JobManager:
         """Queue a run (its dataset is exported when it starts) and start it if its devices
         are free."""
         launch.accelerate_config(opts)  # refuse impossible layouts now, not in the queue
+        multinode.check(opts)
         if opts.model == "demo":  # the studio's own demo model, wherever this projects folder is
             from ..engine.models import resolve_model
 
@@ -141,27 +143,56 @@ class JobManager:
                 export_dataset(self.store, project, folder / "dataset", overwrite=True)
             config_file = write_config(folder / "accelerate_config.yaml",
                                        launch.accelerate_config(opts))
-            command = launch.launch_command(opts, config_file, folder / "dataset",
-                                            folder / "output", resume=resume)
+            command, shown = self._command(opts, folder, run, resume)
             env = {**os.environ, **launch.launch_env(opts)}
             if self.before_start:
                 self.before_start(opts.device)
             (folder / "exit.json").unlink(missing_ok=True)
+            shutil.rmtree(folder / "nodes", ignore_errors=True)
+            if opts.num_machines > 1 and opts.launcher == "slurm":
+                job = subprocess.run(["sbatch", "--parsable", *command], capture_output=True,
+                                     text=True, check=True, env=env).stdout.strip().split(";")[0]
+                self.runs.update(run["id"], status="running", pid=None, scheduler_job=job,
+                                 started_at=now(), ended_at=None, exit_code=None, error=None,
+                                 command=shown)
+                return
             log = (folder / "train.log").open("ab")
             supervised = [sys.executable, "-m", "studio.trainer.supervise",
                           str(folder / "exit.json"), "--", *command]
             child = subprocess.Popen(supervised, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                     cwd=Path(__file__).resolve().parents[2])
+                                     cwd=multinode.REPO)
             log.close()
         except Exception as exc:  # noqa: BLE001 - any failure to start is the run's failure
-            self.runs.update(run["id"], status="failed", error=f"could not start: {exc}",
+            detail = getattr(exc, "stderr", None) or exc
+            self.runs.update(run["id"], status="failed", error=f"could not start: {detail}",
                              ended_at=now())
             return
         self._children[child.pid] = child
         self.runs.update(run["id"], status="running", pid=child.pid, started_at=now(),
-                         ended_at=None, exit_code=None, error=None,
-                         command=launch.shell_line(command, launch.launch_env(opts)))
+                         ended_at=None, exit_code=None, error=None, command=shown)
+
+    def _command(self, opts: TrainOptions, folder: Path, run: dict, resume: bool):
+        """(what to execute, what to show) for this run's layout."""
+        if opts.num_machines == 1:
+            command = launch.launch_command(opts, folder / "accelerate_config.yaml",
+                                            folder / "dataset", folder / "output", resume=resume)
+            return command, launch.shell_line(command, launch.launch_env(opts))
+        if opts.launcher == "manual":
+            command = multinode.node_command(opts, folder, 0, opts.main_ip, resume, sys.executable)
+            others = multinode.manual_commands(opts, folder, resume, sys.executable)
+            shown = "\n".join([f"# node 0 (started by the studio): {multinode.shell(opts, command)}",
+                               *(f"# node {r}: {line}" for r, line in enumerate(others, 1))])
+            return command, shown
+        if opts.launcher == "slurm":
+            script = folder / "sbatch.sh"
+            script.write_text(multinode.sbatch_script(opts, folder, f"studio-run-{run['id']}",
+                                                      resume, sys.executable))
+            return [str(script)], f"sbatch {script}"
+        script = folder / "ssh_launch.sh"
+        script.write_text(multinode.ssh_script(opts, folder, multinode.hosts(opts), resume,
+                                               sys.executable))
+        return ["bash", str(script)], f"bash {script}"
 
     def stop(self, run_id: int) -> dict:
         """Graceful: SIGTERM to the run's process group; the trainer saves a checkpoint."""
@@ -171,11 +202,26 @@ class JobManager:
         if run["status"] != "running":
             return run
         self.runs.update(run_id, status="stopping")
-        try:
-            os.killpg(run["pid"], signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        self._signal(run, signal.SIGTERM)
         return self.runs.get(run_id)
+
+    def _signal(self, run: dict, sig: int) -> None:
+        """Signal every node of a run: its process group here, Slurm's job, or ssh hosts."""
+        opts = TrainOptions.from_dict(run["config"])
+        if run.get("scheduler_job"):
+            flag = [] if sig == signal.SIGKILL else ["--signal=TERM", "--full"]
+            subprocess.run(["scancel", *flag, run["scheduler_job"]], capture_output=True)
+            return
+        if run["pid"]:
+            try:
+                os.killpg(run["pid"], sig)
+            except ProcessLookupError:
+                pass
+        if opts.num_machines > 1 and opts.launcher == "ssh":
+            for host in multinode.hosts(opts)[1:]:
+                subprocess.run(["ssh", "-o", "BatchMode=yes", host,
+                                multinode.stop_remote_command(Path(run["run_dir"]))],
+                               capture_output=True, timeout=30)
 
     def resume(self, run_id: int) -> dict:
         run = self.reconcile_one(self.runs.require(run_id))
@@ -187,13 +233,13 @@ class JobManager:
 
     def delete(self, run_id: int, timeout: float = 30) -> None:
         run = self.runs.require(run_id)
-        if run["status"] in ACTIVE and _alive(run["pid"]):
-            os.killpg(run["pid"], signal.SIGTERM)
+        if run["status"] in ACTIVE and self._alive_run(run):
+            self._signal(run, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while self._running(run["pid"]) and time.monotonic() < deadline:
+            while self._alive_run(run) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            if self._running(run["pid"]):
-                os.killpg(run["pid"], signal.SIGKILL)
+            if self._alive_run(run):
+                self._signal(run, signal.SIGKILL)
         self.runs.delete(run_id)
         if run["run_dir"]:
             shutil.rmtree(run["run_dir"], ignore_errors=True)
@@ -209,6 +255,23 @@ class JobManager:
         raise TimeoutError(f"run {run_id} still {run['status']} after {timeout}s")
 
     # -- reconciling store and processes ------------------------------------------
+    def _alive_run(self, run: dict) -> bool:
+        if run.get("scheduler_job"):  # Slurm knows; an ended job is no longer listed
+            listed = subprocess.run(["squeue", "-h", "-j", run["scheduler_job"], "-o", "%T"],
+                                    capture_output=True, text=True)
+            return bool(listed.stdout.strip())
+        return self._running(run["pid"])
+
+    def _never_joined(self, run: dict) -> bool:
+        """Several nodes, and rank 0 has not started after join_timeout: someone is missing.
+        (Rank 0 writes output/train.log only once every node has joined.)"""
+        opts = run["config"]
+        if opts.get("num_machines", 1) < 2 or not run["started_at"]:
+            return False
+        waited = datetime.now(timezone.utc) - datetime.fromisoformat(run["started_at"])
+        joined = (Path(run["run_dir"]) / "output" / "train.log").is_file()
+        return not joined and waited.total_seconds() > opts.get("join_timeout", 600)
+
     def _running(self, pid: int | None) -> bool:
         child = self._children.get(pid)
         if child is not None:  # our own child: reap it so it does not linger as a zombie
@@ -228,12 +291,20 @@ class JobManager:
         with self._lock:
             if run["status"] in ACTIVE or run["status"] in ("stopped", "finished", "failed"):
                 self._register_adapters(run)
-            if run["status"] not in ACTIVE or self._running(run["pid"]):
+            if run["status"] == "running" and self._never_joined(run):
+                self._signal(run, signal.SIGKILL)
+                opts = run["config"]
+                error = (f"not every node joined within {opts['join_timeout']}s (rendezvous "
+                         f"timeout): node 0 waited at {opts['main_ip'] or '?'}:{opts['main_port']} "
+                         f"for {opts['num_machines']} nodes")
+                report = multinode.node_report(Path(run["run_dir"]))
+                return self.runs.update(run["id"], status="failed", ended_at=now(),
+                                        error="\n".join([error, *report]))
+            if run["status"] not in ACTIVE or self._alive_run(run):
                 return run
             self._children.pop(run["pid"], None)
             folder = Path(run["run_dir"])
-            ended = json.loads((folder / "exit.json").read_text()) if (folder / "exit.json").is_file() else None
-            code = ended["code"] if ended else None
+            code = self._exit_code(folder)
             output = folder / "output"
             if code == 0 and (output / "final.safetensors").is_file() and run["status"] == "running":
                 status, error = "finished", None
@@ -243,13 +314,22 @@ class JobManager:
                 status = "failed"
                 why = (f"exit status {code}" if code is not None
                        else "the process disappeared without an exit status (killed?)")
-                error = why + "\n" + "\n".join(tail(folder / "train.log"))
+                error = "\n".join([why, *multinode.node_report(folder), *tail(folder / "train.log")])
             self._register_adapters(run)
             run = self.runs.update(run["id"], status=status, exit_code=code, error=error,
                                    ended_at=now())
         if dispatch:
             self.dispatch()
         return run
+
+    @staticmethod
+    def _exit_code(folder: Path) -> int | None:
+        """The supervisor's exit.json; for Slurm runs, the worst of the nodes' exit files."""
+        if (folder / "exit.json").is_file():
+            return json.loads((folder / "exit.json").read_text())["code"]
+        codes = [int(f.read_text().strip() or 1) for f in (folder / "nodes").glob("*.exit")] \
+            if (folder / "nodes").is_dir() else []
+        return max(codes, key=abs) if codes else None
 
     def _register_adapters(self, run: dict) -> None:
         output = Path(run["run_dir"] or ".") / "output"

@@ -37,6 +37,9 @@ class TrainOptions:
     machine_rank: int = 0
     main_ip: str = ""
     main_port: int = 29500
+    launcher: str = "manual"        # several nodes: manual | slurm | ssh (studio/trainer/multinode.py)
+    hosts: str = ""                 # ssh: one host per node, comma-separated, node 0 first
+    join_timeout: int = 600         # seconds for every node to join before the run fails
     env: dict = field(default_factory=dict)  # extra variables (e.g. edited Ascend settings)
 
     @classmethod
@@ -78,7 +81,19 @@ def accelerate_config(opts: TrainOptions) -> dict:
                        mixed_precision=None if opts.mixed_precision == "auto" else opts.mixed_precision,
                        gradient_accumulation_steps=opts.gradient_accumulation_steps,
                        num_machines=opts.num_machines, machine_rank=opts.machine_rank,
-                       main_process_ip=opts.main_ip or None, main_process_port=opts.main_port)
+                       main_process_ip=main_address(opts), main_process_port=opts.main_port)
+
+
+def main_address(opts: TrainOptions) -> str | None:
+    """Node 0's address: given, else the first ssh host; under Slurm it is only known inside
+    the allocation, so each node's command line passes it ($MAIN_IP) and the file holds a
+    placeholder."""
+    if opts.main_ip:
+        return opts.main_ip
+    first_host = opts.hosts.replace("\n", ",").split(",")[0].strip()
+    if opts.launcher == "ssh" and first_host:
+        return first_host
+    return "set-by-slurm" if opts.launcher == "slurm" and opts.num_machines > 1 else None
 
 
 def trainer_args(opts: TrainOptions, dataset_dir: Path, output_dir: Path, resume: bool) -> list[str]:
