@@ -23,6 +23,8 @@ OPTION_FLAGS = {
     "--mode": ("mode", str), "--devices-per-node": ("processes_per_node", int),
     "--nodes": ("num_machines", int), "--node-rank": ("machine_rank", int),
     "--main-ip": ("main_ip", str), "--main-port": ("main_port", int),
+    "--launcher": ("launcher", str), "--hosts": ("hosts", str),
+    "--join-timeout": ("join_timeout", int),
 }
 
 
