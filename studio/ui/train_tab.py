@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..trainer.jobs import JobManager
 from ..trainer.launch import PRESETS, TrainOptions
+from . import seed_panel
 
 # Form fields in the order of the event inputs: (TrainOptions field, component factory).
 FIELDS = [
@@ -87,6 +88,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
             with gr.Row():
                 show = gr.Button("Show command")
                 start = gr.Button("Start training", variant="primary", elem_id="train-start")
+            seed_panel.build(store, project, model, env_text, fields, options_from)
             command = gr.Markdown(elem_id="train-command")
         with gr.Column(scale=2):
             with gr.Row():
