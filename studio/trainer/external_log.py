@@ -35,6 +35,15 @@ def _seconds(text: str) -> float | None:
     return total
 
 
+def _loss(inside: str) -> float | None:
+    """The postfix's loss, only when its value is complete (followed by , ] or a space)."""
+    found = _LOSS.search(inside)
+    try:
+        return float(found[1]) if found else None
+    except ValueError:  # e.g. "1e" cut short of its exponent by a malformed line
+        return None
+
+
 def parse_log(text: str) -> dict:
     state = {"step": 0, "total": None, "epoch": 0, "global_step": 0, "loss": None,
              "it_per_s": None, "s_per_it": None, "elapsed": None, "eta": None, "eta_s": None,
@@ -52,8 +61,13 @@ def parse_log(text: str) -> dict:
             best = n
         elif n == 0 and best >= min(2, total):
             epoch, best, since_reset = epoch + 1, 0, 0  # a new bar: the next epoch
-        elif epoch and n >= total and since_reset < ranks:
-            continue  # a slower rank's last line of the previous bar, after the new one began
+        if epoch and n >= total and since_reset < ranks:
+            # A slower rank's last line of the previous bar, after the new one began: its
+            # loss belongs to the previous epoch, its position is stale.
+            stale = _loss(inside + ("]" if closed else ""))
+            if stale is not None:
+                by_step.setdefault((epoch - 1) * total + n, []).append(stale)
+            continue
         if n == 0 and epoch == 0:
             ranks += 1
         best = max(best, n)
@@ -70,12 +84,9 @@ def parse_log(text: str) -> dict:
             value = float(rate[1])
             per_s = value if rate[2] == "it/s" else 1 / value
             state["it_per_s"], state["s_per_it"] = per_s, 1 / per_s
-        loss = _LOSS.search(inside + ("]" if closed else ""))
-        if loss:
-            try:
-                by_step.setdefault(step, []).append(float(loss[1]))
-            except ValueError:
-                pass
+        loss = _loss(inside + ("]" if closed else ""))
+        if loss is not None:
+            by_step.setdefault(step, []).append(loss)
     state["losses"] = [(s, sum(v) / len(v)) for s, v in sorted(by_step.items())]
     if state["losses"]:
         state["loss"] = state["losses"][-1][1]
