@@ -41,6 +41,7 @@ class TrainOptions:
     hosts: str = ""                 # ssh: one host per node, comma-separated, node 0 first
     join_timeout: int = 600         # seconds for every node to join before the run fails
     env: dict = field(default_factory=dict)  # extra variables (e.g. edited Ascend settings)
+    cann_set_env: str = ""          # NPU: CANN's set_env.sh to source (default: the usual places)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainOptions":
@@ -132,11 +133,12 @@ def launch_env(opts: TrainOptions) -> dict[str, str]:
         # Several CPU processes go through the GPU launcher with this set; under ZeRO-2 it
         # would quietly turn the run into plain DDP, so DeepSpeed runs go without it.
         env["ACCELERATE_USE_CPU"] = "1"
-    if opts.device == "npu":
+    if opts.device == "npu":  # the seed's Ascend variables with the user's edits ("" drops one)
         from studio.engine.npu.env import npu_env
 
-        env.update(npu_env())
-    env.update({k: str(v) for k, v in opts.env.items()})
+        env.update(npu_env(opts.env))
+    else:
+        env.update({k: str(v) for k, v in opts.env.items()})
     return env
 
 
