@@ -131,7 +131,7 @@ def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model):
     deadline = time.monotonic() + 240
     steps_seen = set()
     while time.monotonic() < deadline:
-        bar, status, curve, log = client.predict(run_id, api_name="/train_status")
+        bar, status, curve, log, gallery = client.predict(run_id, api_name="/train_status")
         steps_seen.add(int(bar.split('data-step="')[1].split('"')[0]))
         if "**finished**" in status or "**failed**" in status:
             break
@@ -140,5 +140,9 @@ def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model):
     assert "step 4/4" in status and "loss" in status
     assert max(steps_seen) == 4 and len(curve["data"]) == 4
     assert "done: 4 steps" in log
+    # The held-out pair's sample edit at the last checkpoint: source | target | output.
+    captions = [item["caption"] for item in gallery]
+    assert [c.split(" · ")[:2] for c in captions] == [["source", "step 4"], ["target", "step 4"],
+                                                     ["output", "step 4"]], captions
     steps = sorted(a["step"] for a in store.list_adapters("trainee"))
     assert steps == [2, 4]

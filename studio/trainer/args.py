@@ -56,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encode every pair at every step (slow; for comparison)")
     p.add_argument("--device", default=None,
                    help="cpu keeps the run on the CPU; cuda/npu only check where accelerate put it")
+    # Sample edits of the validation pairs (written by rank 0 under <output>/samples/).
+    p.add_argument("--validation_metadata_path", default=None,
+                   help="validation pairs (default: <dataset_base_path>/metadata_validation.csv "
+                        "if it exists)")
+    p.add_argument("--sample_steps", type=int, default=None,
+                   help="render sample edits every N steps (default: at each checkpoint; 0: never)")
+    p.add_argument("--sample_inference_steps", type=int, default=8,
+                   help="denoising steps per sample edit")
+    p.add_argument("--sample_true_cfg_scale", type=float, default=1.0,
+                   help="true CFG for sample edits (1 = off, twice as fast)")
+    p.add_argument("--max_samples", type=int, default=4,
+                   help="sample edits per checkpoint (the first N validation pairs)")
     return p
 
 
@@ -72,4 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1")
     if args.save_steps is not None and args.save_steps < 1:
         parser.error("--save_steps must be at least 1")
+    if args.sample_steps is not None and args.sample_steps < 0:
+        parser.error("--sample_steps must be 0 (never) or more")
+    if args.sample_inference_steps < 2:  # the Qwen schedule divides by steps - 1
+        parser.error("--sample_inference_steps must be at least 2")
     return args

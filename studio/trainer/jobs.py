@@ -25,6 +25,7 @@ from ..store import Store, now
 from . import launch, multinode
 from .accelerate_config import write_config
 from .launch import TrainOptions
+from .samples import list_samples
 
 LOG_TAIL = 20
 
@@ -354,4 +355,6 @@ class JobManager:
         return {"run": run, "step": last.get("step", 0), "total": total,
                 "loss": last.get("loss"), "lr": last.get("lr"),
                 "samples_per_s": last.get("samples_per_s"), "eta_s": last.get("eta"),
-                "metrics": metrics, "log": tail(folder / "train.log")}
+                "metrics": metrics, "log": tail(folder / "train.log"),
+                # Sample edits of the validation pairs, latest checkpoint first.
+                "samples": list_samples(folder / "output")}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, dist
+from . import checkpoint, dist, sample_render
 from .args import parse_args
 from .cache import EncodedCache, PairEncoder, model_fingerprint
 from .data import DatasetError, load_pairs
@@ -165,6 +165,8 @@ def train(args) -> int:
                            f"{len(crowded[0].inputs)} edit images; {info.pipeline_class} takes at "
                            f"most {info.max_images}")
     encoded = _encoded_source(args, pairs, info, device, dtype, stop)
+    # Validation prompts are encoded now, while the device has no transformer yet.
+    sampler = sample_render.setup(args, info, device, dtype) if dist.is_main() else None
 
     torch.manual_seed(args.seed)  # same LoRA init on every rank
     transformer = QwenImageTransformer2DModel.from_pretrained(info.path / "transformer", dtype=dtype)
@@ -265,6 +267,9 @@ def train(args) -> int:
                                    ckpt_info, engine, final=done == total)
             if path:
                 log.info("step %d: saved %s", done, path.name)
+        if sample_render.due(args, done, due or done == total, stopping):
+            sample_render.render(sampler, transformer, done, output)  # rank 0; None elsewhere
+            dist.barrier()
         if stopping:
             log.info("stopped by %s after step %d; continue with --resume", stop.signal_name or
                      "another rank's signal", done)

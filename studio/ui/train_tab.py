@@ -71,6 +71,17 @@ def progress_html(step: int, total: int | None) -> str:
             f'</div></div><small>step {step} / {total or "?"}</small></div>')
 
 
+def sample_gallery(samples: list[dict]) -> list[tuple[str, str]]:
+    """The latest checkpoint's sample edits as source | target | output rows (3 columns)."""
+    latest = [s for s in samples if s["step"] == samples[0]["step"]] if samples else []
+    items = []
+    for s in latest:
+        prompt = s["prompt"] if len(s["prompt"]) <= 80 else s["prompt"][:79] + "…"
+        for kind in ("source", "target", "output"):
+            items.append((s[kind], f"{kind} · step {s['step']} · {s['sample_id']}: {prompt}"))
+    return items
+
+
 def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
     with gr.Row():
         with gr.Column(scale=1):
@@ -100,6 +111,8 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
             status = gr.Markdown(elem_id="train-status")
             curve = gr.LinePlot(x="step", y="loss", title="Loss", height=260, elem_id="train-loss")
             log = gr.Textbox(label="Last log lines", lines=10, max_lines=10, autoscroll=True)
+            gallery = gr.Gallery(label="Sample edits at the latest checkpoint (source | target | "
+                                       "output)", columns=3, height="auto", elem_id="train-samples")
     timer = gr.Timer(2.0)
 
     def runs_of(project_name):
@@ -125,11 +138,11 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
 
     def on_refresh(run_id):
         if not run_id:
-            return progress_html(0, None), "No run selected.", None, ""
+            return progress_html(0, None), "No run selected.", None, "", []
         try:
             snap = jobs.snapshot(int(run_id))
         except KeyError:
-            return progress_html(0, None), "This run was deleted.", None, ""
+            return progress_html(0, None), "This run was deleted.", None, "", []
         run = snap["run"]
         parts = [f"**{run['status']}**", f"step {snap['step']}/{snap['total'] or '?'}"]
         if snap["loss"] is not None:
@@ -140,7 +153,8 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
             text += f"\n\n```\n{run['error']}\n```"
         frame = pd.DataFrame([{"step": m["step"], "loss": m["loss"]} for m in snap["metrics"]],
                              columns=["step", "loss"])
-        return progress_html(snap["step"], snap["total"]), text, frame, "\n".join(snap["log"])
+        return (progress_html(snap["step"], snap["total"]), text, frame, "\n".join(snap["log"]),
+                sample_gallery(snap["samples"]))
 
     def control(action):
         def handler(project_name, run_id):
@@ -161,7 +175,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
     start.click(on_start, [project, model, name, env_text, *fields], run_pick, api_name="train_start")
     for action, button in (("stop", stop), ("resume", resume), ("delete", delete)):
         button.click(control(action), [project, run_pick], run_pick, api_name=f"train_{action}")
-    outputs = [bar, status, curve, log]
+    outputs = [bar, status, curve, log, gallery]
     run_pick.change(on_refresh, run_pick, outputs, api_name="train_status")
     timer.tick(on_refresh, run_pick, outputs, api_name=False, show_progress="hidden")
 
