@@ -146,6 +146,10 @@ class JobManager:
                                        launch.accelerate_config(opts))
             command, shown = self._command(opts, folder, run, resume)
             env = {**os.environ, **launch.launch_env(opts)}
+            if opts.device == "npu":  # CANN's set_env.sh first, the Ascend variables on top
+                from ..engine.npu.env import training_env
+
+                env = training_env(env, opts.env, opts.cann_set_env or None)
             if self.before_start:
                 self.before_start(opts.device)
             (folder / "exit.json").unlink(missing_ok=True)

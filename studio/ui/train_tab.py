@@ -36,6 +36,13 @@ FIELDS = [
     ("machine_rank", lambda: gr.Number(label="This node's rank", precision=0)),
     ("main_ip", lambda: gr.Textbox(label="Main node IP", info="needed with several nodes")),
     ("main_port", lambda: gr.Number(label="Main port", precision=0)),
+    ("launcher", lambda: gr.Dropdown(["manual", "slurm", "ssh"], label="Start other nodes by",
+                                     info="manual: you paste a command; slurm: sbatch; ssh: hosts")),
+    ("hosts", lambda: gr.Textbox(label="ssh hosts", info="one per node, comma-separated, node 0 first")),
+    ("join_timeout", lambda: gr.Number(label="Join timeout (s)", precision=0,
+                                       info="the run fails if a node has not joined by then")),
+    ("cann_set_env", lambda: gr.Textbox(label="CANN set_env.sh (NPU)",
+                                        info="default: /usr/local/Ascend/ascend-toolkit/set_env.sh")),
 ]
 
 
@@ -56,6 +63,14 @@ def options_from(model: str, env_text: str, values) -> TrainOptions:
             env[key.strip()] = value.strip()
     data["env"] = env
     return TrainOptions.from_dict(data)
+
+
+def ascend_env_text() -> str:
+    """The seed's Ascend variables as editable KEY=VALUE lines (an empty value drops one)."""
+    from ..engine.npu.env import OPTIONAL_ENV, SEED_ENV
+
+    return "\n".join([*(f"{k}={v}" for k, v in SEED_ENV.items()),
+                      *(f"# {k}={v}" for k, v in OPTIONAL_ENV.items())])
 
 
 def preset_values(name: str) -> list:
@@ -169,8 +184,12 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
         return handler
 
     form = [model, env_text, *fields]
-    preset.change(lambda p: preset_values(p) if p in PRESETS else [gr.skip()] * len(fields),
-                  preset, fields, api_name=False)
+    def on_preset(name):
+        if name not in PRESETS:
+            return [gr.skip()] * (len(fields) + 1)
+        return [*preset_values(name), ascend_env_text() if PRESETS[name]["device"] == "npu" else ""]
+
+    preset.change(on_preset, preset, [*fields, env_text], api_name=False)
     show.click(on_preview, [project, *form], command, api_name="train_preview")
     start.click(on_start, [project, model, name, env_text, *fields], run_pick, api_name="train_start")
     for action, button in (("stop", stop), ("resume", resume), ("delete", delete)):
