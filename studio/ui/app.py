@@ -51,6 +51,7 @@ def build_app(store: Store, editor: Editor, jobs: JobManager) -> gr.Blocks:
                 loaders.append(edit_tab.build(store, editor, project))
             with gr.Tab("Compare", id="compare"):
                 loaders.append(compare_tab.build(store, editor, project))
+        loaders.append(project_bar.loader(store, project))
         # Per-project choices (adapters, history) are read fresh for every page load.
         for fn, inputs, outputs in loaders:
             app.load(fn, inputs, outputs, api_name=False)

@@ -24,3 +24,11 @@ def build(store: Store) -> gr.Dropdown:
 
     create.click(on_create, [new_name], [project, new_name], api_name="create_project")
     return project
+
+
+def loader(store: Store, project: gr.Dropdown):
+    """(fn, inputs, outputs) for the app's page load: the choices above are those of startup,
+    so a reload would not offer projects created since."""
+    def fresh():
+        return gr.Dropdown(choices=[p["name"] for p in store.list_projects()])
+    return fresh, None, [project]
