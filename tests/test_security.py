@@ -3,7 +3,6 @@ user starts it (`STUDIO_AUTH=… python app.py`): every route refuses a request 
 login, the file routes serve nothing outside the projects folder (logged in or not), uploads
 have a size limit, zip imports refuse entries that point outside the archive."""
 import http.client
-import inspect
 import json
 import os
 import re
@@ -96,9 +95,7 @@ def app_routes(demo_model, tmp_path) -> list[tuple[str, str]]:
 
     store = Store(tmp_path / "routes")
     store.create_project("default")
-    # The Train tab's job manager joins build_app's arguments when that tab lands.
-    jobs = [JobManager(store)] if "jobs" in inspect.signature(studio_app.build_app).parameters else []
-    blocks = studio_app.build_app(store, Editor(demo_model, device="cpu"), *jobs)
+    blocks = studio_app.build_app(store, Editor(demo_model, device="cpu"), JobManager(store))
     blocks.queue()
     blocks.auth = [(USER, PASSWORD)]
 
