@@ -125,3 +125,20 @@ def test_impossible_layouts_are_refused_before_queueing(jobs, demo_model):
     with pytest.raises(ValueError, match="main_process_ip"):
         jobs.submit("p", two_nodes(demo_model, main_ip=""))
     assert jobs.runs.list() == []
+
+
+def test_ssh_launcher_starts_the_other_node_over_ssh(jobs, demo_model, tmp_path, monkeypatch):
+    """A stand-in `ssh` runs the remote command here, as a real host on shared storage would."""
+    bin_dir = tmp_path / "ssh-bin"
+    bin_dir.mkdir()
+    write_tool(bin_dir, "ssh", 'while [[ $1 == -* ]]; do shift 2; done\n'
+                               'echo "$1" >> "$(dirname "$0")/hosts.log"; shift\nexec bash -c "$*"\n')
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    run = jobs.submit("p", two_nodes(demo_model, launcher="ssh", main_ip="127.0.0.1",
+                                     hosts="127.0.0.1,node-b"))
+    assert run["command"].startswith("bash ") and run["command"].endswith("ssh_launch.sh")
+    done = jobs.wait(run["id"], timeout=300)
+    assert done["status"] == "finished", done["error"]
+    assert (bin_dir / "hosts.log").read_text().split() == ["node-b"]
+    folder = Path(run["run_dir"])
+    assert [(folder / "nodes" / f"{r}.exit").read_text().strip() for r in (0, 1)] == ["0", "0"]
