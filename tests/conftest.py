@@ -39,3 +39,16 @@ def make_image(width=96, height=64, seed=0) -> Image.Image:
     image.putdata([((x * 7 + seed * 40) % 256, (y * 5) % 256, (x + y + seed * 90) % 256)
                    for y in range(height) for x in range(width)])
     return image
+
+
+@pytest.fixture
+def jobs(tmp_path):
+    """A job manager over a fresh store whose project 'p' holds four sample pairs."""
+    from studio.dataset.samples import add_sample_pairs
+    from studio.store import Store
+    from studio.trainer.jobs import JobManager
+
+    store = Store(tmp_path / "projects")
+    store.create_project("p")
+    add_sample_pairs(store, "p", 4)
+    return JobManager(store)

@@ -8,7 +8,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from studio.dataset.samples import add_sample_pairs
 from studio.store import Store
 from studio.trainer.jobs import JobManager
 from studio.trainer.launch import PRESETS, TrainOptions
@@ -17,14 +16,6 @@ from studio.trainer.launch import PRESETS, TrainOptions
 def options(demo_model, **changes) -> TrainOptions:
     return TrainOptions.from_dict({**TrainOptions().as_dict(), **PRESETS["Demo on CPU"],
                                    "model": str(demo_model), **changes})
-
-
-@pytest.fixture
-def jobs(tmp_path):
-    store = Store(tmp_path / "projects")
-    store.create_project("p")
-    add_sample_pairs(store, "p", 4)
-    return JobManager(store)
 
 
 def wait_for(condition, timeout=180, what="condition"):

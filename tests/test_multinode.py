@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from studio.dataset.samples import add_sample_pairs
-from studio.store import Store
-from studio.trainer.jobs import JobManager
 from studio.trainer.launch import PRESETS, TrainOptions
 from studio.trainer.multinode import sbatch_script
 
@@ -28,14 +25,6 @@ def two_nodes(demo_model, **changes) -> TrainOptions:
         **TrainOptions().as_dict(), **PRESETS["Demo on CPU"], "model": str(demo_model),
         "mode": "ddp", "processes_per_node": 1, "num_machines": 2, "main_ip": "127.0.0.1",
         "main_port": free_port(), "max_steps": 4, "save_steps": 2, **changes})
-
-
-@pytest.fixture
-def jobs(tmp_path):
-    store = Store(tmp_path / "projects")
-    store.create_project("p")
-    add_sample_pairs(store, "p", 4)
-    return JobManager(store)
 
 
 def test_manual_launcher_node_zero_here_node_one_pasted(jobs, demo_model):

@@ -142,8 +142,7 @@ class JobManager:
                 from ..dataset.export import export_dataset
 
                 export_dataset(self.store, project, folder / "dataset", overwrite=True)
-            config_file = write_config(folder / "accelerate_config.yaml",
-                                       launch.accelerate_config(opts))
+            write_config(folder / "accelerate_config.yaml", launch.accelerate_config(opts))
             command, shown = self._command(opts, folder, run, resume)
             env = {**os.environ, **launch.launch_env(opts)}
             if opts.device == "npu":  # CANN's set_env.sh first, the Ascend variables on top

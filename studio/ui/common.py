@@ -7,7 +7,7 @@ import gradio as gr
 from PIL import Image
 
 from ..engine.adapters import AdapterRef, resolve_adapter
-from ..engine.presets import SAMPLER_PRESETS
+from ..engine.presets import SAMPLER_PRESETS, sampler_settings
 from ..store import Store
 
 
@@ -43,9 +43,41 @@ def load_pair(store: Store, project: str, pair_id) -> tuple[Image.Image, Image.I
     return source, target, pair["instruction"] or ""
 
 
-def sampler_preset_picker() -> gr.Dropdown:
-    return gr.Dropdown(list(SAMPLER_PRESETS), value="Model defaults", label="Sampler preset",
-                       info="few-step LoRAs (e.g. Lightning) need their own steps and cfg 1")
+def sampler_controls(defaults: dict):
+    """Preset picker, steps, true_cfg_scale and output size; the preset sets steps and cfg."""
+    preset = gr.Dropdown(list(SAMPLER_PRESETS), value="Model defaults", label="Sampler preset",
+                         info="few-step LoRAs (e.g. Lightning) need their own steps and cfg 1")
+    with gr.Row():
+        steps = gr.Slider(2, 100, value=defaults["steps"], step=1, label="Steps")
+        cfg = gr.Slider(1.0, 10.0, value=defaults["true_cfg_scale"], step=0.1,
+                        label="true_cfg_scale (1 = no CFG, twice as fast)")
+    with gr.Row():
+        width = gr.Number(value=0, precision=0, label="Width (0 = from input)")
+        height = gr.Number(value=0, precision=0, label="Height (0 = from input)")
+    preset.change(lambda name: tuple(sampler_settings(name, defaults).values()), preset,
+                  [steps, cfg], api_name=False)
+    return steps, cfg, width, height
+
+
+def output_size(width, height) -> tuple[int, int] | None:
+    return (int(width), int(height)) if width and height else None
+
+
+def wire_pair_and_cancel(store: Store, editor, project, pair_id, use_pair, cancel, image, prompt,
+                         target, pair_api: str | bool = False) -> None:
+    """'Use this dataset pair' fills the input, instruction and target; Cancel stops this
+    browser session's running edit."""
+
+    def on_use_pair(project_name, pid):
+        source, target_image, instruction = load_pair(store, project_name, pid)
+        return source, instruction, gr.Image(value=target_image, visible=True)
+
+    def on_cancel(request: gr.Request):
+        if request:
+            editor.cancel(request.session_hash)
+
+    use_pair.click(on_use_pair, [project, pair_id], [image, prompt, target], api_name=pair_api)
+    cancel.click(on_cancel, None, None, api_name=False, queue=False)
 
 
 def history(store: Store, project: str | None, limit: int = 24) -> list[tuple[str, str]]:

@@ -9,7 +9,6 @@ import gradio as gr
 
 from ..engine.compare import BASE, compare, plan_columns
 from ..engine.editor import EditCancelled, Editor
-from ..engine.presets import sampler_settings
 from ..store import Store
 from . import common
 
@@ -40,14 +39,7 @@ def build(store: Store, editor: Editor, project: gr.Dropdown):
             strengths = gr.Textbox(value="1.0", label="Strengths (comma-separated)")
             seeds = gr.Textbox(value="0", label="Seeds (comma-separated, one row each)")
             stack = gr.Textbox(label="Few-step LoRA under every column (optional file path[:strength])")
-            preset = common.sampler_preset_picker()
-            with gr.Row():
-                steps = gr.Slider(2, 100, value=defaults["steps"], step=1, label="Steps")
-                cfg = gr.Slider(1.0, 10.0, value=defaults["true_cfg_scale"], step=0.1,
-                                label="true_cfg_scale")
-            with gr.Row():
-                width = gr.Number(value=0, precision=0, label="Width (0 = from input)")
-                height = gr.Number(value=0, precision=0, label="Height (0 = from input)")
+            steps, cfg, width, height = common.sampler_controls(defaults)
             with gr.Row():
                 run = gr.Button("Compare", variant="primary", elem_id="compare-run")
                 cancel = gr.Button("Cancel")
@@ -70,7 +62,7 @@ def build(store: Store, editor: Editor, project: gr.Dropdown):
             columns = plan_columns(choices, numbers(strengths), [under] if under else [])
             result = compare(editor, [input_image], prompt, columns, numbers(seeds, int) or [0],
                              negative or "", steps=int(steps), true_cfg_scale=float(cfg),
-                             size=(int(width), int(height)) if width and height else None,
+                             size=common.output_size(width, height),
                              target=target_image,
                              progress=lambda i, n: progress((i, n), desc="comparing"),
                              cancel_key=request.session_hash if request else None)
@@ -89,23 +81,13 @@ def build(store: Store, editor: Editor, project: gr.Dropdown):
             note += f" · saved to `{project_name}` history (#{row['id']})"
         return result.grid, note, [str(out / "comparison.png"), str(out / "comparison.json")]
 
-    def on_use_pair(project_name, pid):
-        source, target_image, instruction = common.load_pair(store, project_name, pid)
-        return source, instruction, gr.Image(value=target_image, visible=True)
-
     def on_project(project_name):
         return gr.Dropdown(choices=[(BASE, BASE)] + common.adapter_choices(store, project_name))
 
     run.click(on_compare, [project, image, target, prompt, negative, chosen, strengths, seeds,
                            stack, steps, cfg, width, height], [grid, status, files],
               api_name="compare", concurrency_limit=1, concurrency_id="gpu")
-    def on_cancel(request: gr.Request):
-        if request:
-            editor.cancel(request.session_hash)
-
-    cancel.click(on_cancel, None, None, api_name=False, queue=False)
-    use_pair.click(on_use_pair, [project, pair_id], [image, prompt, target], api_name=False)
-    preset.change(lambda name: tuple(sampler_settings(name, defaults).values()), preset,
-                  [steps, cfg], api_name=False)
+    common.wire_pair_and_cancel(store, editor, project, pair_id, use_pair, cancel, image, prompt,
+                                target)
     project.change(on_project, project, chosen, api_name=False)
     return on_project, project, [chosen]

@@ -6,7 +6,6 @@ import random
 import gradio as gr
 
 from ..engine.editor import EditCancelled, Editor
-from ..engine.presets import sampler_settings
 from ..store import Store
 from . import common
 
@@ -41,17 +40,10 @@ def build(store: Store, editor: Editor, project: gr.Dropdown):
                                              elem_id=f"edit-adapter-{i}")
                         strength = gr.Slider(0, 2, value=1.0, step=0.05, label="Strength", scale=2)
                     slots += [picker, strength]
-            preset = common.sampler_preset_picker()
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 dice = gr.Button("Random seed", scale=0, min_width=110)
-            with gr.Row():
-                steps = gr.Slider(2, 100, value=defaults["steps"], step=1, label="Steps")
-                cfg = gr.Slider(1.0, 10.0, value=defaults["true_cfg_scale"], step=0.1,
-                                label="true_cfg_scale (1 = no CFG, twice as fast)")
-            with gr.Row():
-                width = gr.Number(value=0, precision=0, label="Width (0 = from input)")
-                height = gr.Number(value=0, precision=0, label="Height (0 = from input)")
+            steps, cfg, width, height = common.sampler_controls(defaults)
             with gr.Row():
                 run = gr.Button("Edit", variant="primary", elem_id="edit-run")
                 cancel = gr.Button("Cancel", elem_id="edit-cancel")
@@ -78,11 +70,10 @@ def build(store: Store, editor: Editor, project: gr.Dropdown):
             raise gr.Error("Write an instruction.")
         picked = [(adapter1, strength1), (adapter2, strength2), (adapter3, strength3)]
         adapters = [ref for ref in (common.to_adapter(store, v, s) for v, s in picked) if ref]
-        size = (int(width), int(height)) if width and height else None
         try:
             result = editor.edit(
                 images, prompt, negative or "", seed=int(seed or 0), steps=int(steps),
-                true_cfg_scale=float(cfg), size=size, adapters=adapters,
+                true_cfg_scale=float(cfg), size=common.output_size(width, height), adapters=adapters,
                 progress=lambda i, n: progress((i, n), desc="denoising"),
                 cancel_key=request.session_hash if request else None)
         except EditCancelled:
@@ -98,14 +89,6 @@ def build(store: Store, editor: Editor, project: gr.Dropdown):
         before = images[-1].resize(result.image.size)
         return result.image, note, (before, result.image)
 
-    def on_cancel(request: gr.Request):
-        if request:
-            editor.cancel(request.session_hash)
-
-    def on_use_pair(project_name, pid):
-        source, target_image, instruction = common.load_pair(store, project_name, pid)
-        return source, instruction, gr.Image(value=target_image, visible=True)
-
     def on_project(project_name):
         choices = common.adapter_choices(store, project_name)
         return ([gr.Dropdown(choices=choices) for _ in range(ADAPTER_SLOTS)]
@@ -115,11 +98,9 @@ def build(store: Store, editor: Editor, project: gr.Dropdown):
     run.click(on_edit, inputs, [output, status, slider], api_name="edit", concurrency_limit=1,
               concurrency_id="gpu").then(
         lambda p: common.history(store, p), project, gallery, api_name=False)
-    cancel.click(on_cancel, None, None, api_name="cancel_edit", queue=False)
     dice.click(lambda: random.randint(0, 2**31 - 1), None, seed, api_name=False, queue=False)
-    use_pair.click(on_use_pair, [project, pair_id], [image, prompt, target], api_name="use_pair")
-    preset.change(lambda name: tuple(sampler_settings(name, defaults).values()), preset,
-                  [steps, cfg], api_name=False)
+    common.wire_pair_and_cancel(store, editor, project, pair_id, use_pair, cancel, image, prompt,
+                                target, pair_api="use_pair")
     pickers = slots[::2]
     for trigger in (project.change, refresh.click):
         trigger(on_project, project, [*pickers, gallery], api_name=False)
