@@ -20,6 +20,7 @@ from .adapters import AdapterRef, AdapterSlots
 from .devices import pick_device, pick_dtype
 from .encode_cache import EncodeCache
 from .model_folder import ModelInfo, inspect_model_folder
+from .speed import compile_backend, compile_transformer
 
 Progress = Callable[[int, int], None]
 
@@ -46,13 +47,15 @@ def size_for_area(width: int, height: int, area: int, multiple: int = 16) -> tup
 
 class Editor:
     def __init__(self, model_path: str | Path, device: str | None = None, dtype: str | None = None,
-                 cpu_offload: bool = False, vae_tiling: bool = False, max_adapters: int = 8):
+                 cpu_offload: bool = False, vae_tiling: bool = False, max_adapters: int = 8,
+                 compile: bool | str = False):
         self.info: ModelInfo = inspect_model_folder(model_path)
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
         self.cpu_offload = cpu_offload
         self.vae_tiling = vae_tiling
         self.max_adapters = max_adapters
+        self.compile = compile_backend(compile)  # checked now: a typo fails at start, not at load
         self._pipe = None
         self.adapters: AdapterSlots | None = None
         self.encode_cache = EncodeCache()
@@ -83,6 +86,8 @@ class Editor:
             from .npu import apply_patches
 
             apply_patches(pipe.transformer)
+        if self.compile:  # opt-in: the first edit at each size pays the compile
+            compile_transformer(pipe.transformer, self.compile)
         pipe.set_progress_bar_config(disable=True)
         self.adapters = AdapterSlots(pipe, limit=self.max_adapters)
         self.encode_cache.install(pipe)

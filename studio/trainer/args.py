@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoded-pair cache (default: <dataset_base_path>/.studio_cache)")
     p.add_argument("--no_cache", action="store_true",
                    help="encode every pair at every step (slow; for comparison)")
+    p.add_argument("--compile_transformer", nargs="?", const="inductor", default=None,
+                   choices=["inductor", "aot_eager", "eager"],
+                   help="torch.compile each transformer block (opt-in; the first steps pay the compile)")
     p.add_argument("--device", default=None,
                    help="cpu keeps the run on the CPU; cuda/npu only check where accelerate put it")
     # Sample edits of the validation pairs (written by rank 0 under <output>/samples/).

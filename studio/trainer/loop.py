@@ -187,6 +187,12 @@ def train(args) -> int:
 
         log.info("NPU fused operators: %s", ", ".join(apply_patches(transformer)) or "none")
 
+    if args.compile_transformer:  # after LoRA and checkpointing, so the graphs include them
+        from studio.engine.speed import compile_transformer
+
+        log.info("torch.compile (%s): %d blocks", args.compile_transformer,
+                 compile_transformer(transformer, args.compile_transformer))
+
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
     # The reference's scheduler: ConstantLR with torch's defaults (lr x 1/3 for 5 steps),
     # stepped once per optimizer step here on every rank alike.
