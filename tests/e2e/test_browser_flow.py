@@ -177,7 +177,7 @@ def compare_base_and_adapter(page: Page, url: str, tmp_path, adapter: str) -> No
     shot(page, "09-compared")
 
 
-def test_the_whole_path_in_a_browser(studio, browser_page, tmp_path):
+def test_the_whole_path_in_a_browser(browser_page, studio, tmp_path):  # browser first: fail fast
     url, projects = studio
     page = browser_page
     try:
