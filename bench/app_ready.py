@@ -50,7 +50,7 @@ def main() -> None:
         for label in ("cold", "warm"):
             seconds = time_to_ready(projects)
             print(json.dumps({"bench": "app_ready_s", "value": round(seconds, 2), "unit": "s",
-                              "case": label, "goal": 20}), flush=True)
+                              "case": label, "goal": "<= 20"}), flush=True)
 
 
 if __name__ == "__main__":

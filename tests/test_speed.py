@@ -59,3 +59,15 @@ def test_trainer_compile_flag_gives_the_eager_losses(demo_model, tmp_path):
             assert "torch.compile (aot_eager)" in proc.stderr + proc.stdout
     assert len(losses["compiled"]) == 3
     assert np.allclose(losses["compiled"], losses["eager"], rtol=1e-4, atol=1e-6)
+
+
+def test_diffusers_fused_qkv_is_still_a_no_op_for_qwen(demo_model):
+    # speed.py documents that fuse_qkv_projections does nothing for this transformer (its
+    # processor calls to_q/to_k/to_v separately). If a diffusers upgrade makes it fuse,
+    # this fails: then offer it as an option (inference only: LoRA targets to_q/k/v).
+    from diffusers import QwenImageTransformer2DModel
+
+    transformer = QwenImageTransformer2DModel.from_pretrained(demo_model / "transformer")
+    transformer.fuse_qkv_projections()
+    attn = transformer.transformer_blocks[0].attn
+    assert not hasattr(attn, "to_qkv") and not getattr(attn, "fused_projections", False)

@@ -1,0 +1,48 @@
+"""bench/gpu_check.py's pieces on CPU: the FLOP count behind its MFU figures, and that its
+batched-CFG case (padded, masked negative prompt) computes what two separate calls do."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+SPEC = importlib.util.spec_from_file_location(
+    "gpu_check", Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py")
+gpu_check = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(gpu_check)
+
+IMAGE_STREAM = (".attn.to_q.", ".attn.to_k.", ".attn.to_v.", ".attn.to_out.0.", ".img_mlp.")
+
+
+def test_flops_of_the_real_size_model_follow_the_formula():
+    from diffusers import QwenImageTransformer2DModel
+
+    with torch.device("meta"):  # real size, no memory
+        model = QwenImageTransformer2DModel()
+    params = sum(p.numel() for p in model.parameters())
+    assert 19.5e9 < params < 21e9  # DESIGN.md: ~20B
+    # Per image token: the image stream's matrices, counted here from parameter names.
+    img = sum(p.numel() for n, p in model.named_parameters()
+              if n.endswith(".weight") and p.dim() == 2 and any(s in n for s in IMAGE_STREAM))
+    img += model.img_in.weight.numel() + model.proj_out.weight.numel()
+    n, layers, width = 4096, 60, 24 * 128
+    # Linear FLOPs grow by 2 x img per extra image token; the rest is attention (4 L S^2 d).
+    got = gpu_check.forward_flops(model, n + 1, 0) - gpu_check.forward_flops(model, n, 0)
+    assert got == 2 * img + 4 * layers * ((n + 1) ** 2 - n ** 2) * width
+    assert 6.5e9 < img < 7.1e9  # a third of the parameters touch each token
+
+
+def test_batched_cfg_matches_two_separate_calls():
+    model, _ = gpu_check.build_transformer(layers=1, heads=2, device="cpu", dtype=torch.float32)
+    x = gpu_check.EditInputs(size=64, text=24, neg_text=17, device="cpu", dtype=torch.float32)
+    with torch.inference_mode():
+        separate = gpu_check.step_separate(model, x)
+        batched = gpu_check.step_batched(model, x)
+    assert separate.shape == (1, 16, 64) and torch.isfinite(separate).all()
+    assert torch.allclose(batched, separate, rtol=1e-4, atol=1e-5)
+    # The padding is masked out: without the mask the negative half would differ.
+    x.both_mask[:] = True
+    with torch.inference_mode():
+        unmasked = gpu_check.step_batched(model, x)
+    assert not torch.allclose(unmasked, separate, rtol=1e-4, atol=1e-5)
