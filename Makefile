@@ -1,5 +1,6 @@
 # make run  : set up the virtual environment and start the studio on the demo model
-# make bench: CPU benchmarks, one JSON object per line (not part of make test)
+# make bench: CPU benchmarks, one JSON object per line (not part of make test;
+#             bench/gpu_check.sh is for a GPU machine and is run by hand)
 # make test : set up and run the test suite (CPU, offline)
 PYTHON ?= python3
 VENV ?= .venv
@@ -28,7 +29,8 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	@for script in bench/*.py; do PYTHONPATH=. $(PY) $$script || exit 1; done
+	@for script in $(filter-out bench/gpu_check.py,$(wildcard bench/*.py)); do \
+		PYTHONPATH=. $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache
