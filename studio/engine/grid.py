@@ -39,20 +39,22 @@ def draw_grid(rows: list[list[Image.Image]], column_labels: list[str], row_label
                               max(im.height for row in rows for im in row))
     font = _font()
     label_w = max(int(font.getlength(t)) for t in row_labels) + 2 * PAD
-    width = label_w + len(column_labels) * (cell_w + PAD) + PAD
+    # Columns are as wide as their widest label, so small cells do not overlap labels.
+    col_w = max(cell_w, max(int(font.getlength(t)) for t in column_labels) + 2 * PAD)
+    width = label_w + len(column_labels) * (col_w + PAD) + PAD
     height = HEADER + len(rows) * (cell_h + PAD) + PAD
     grid = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     for c, text in enumerate(column_labels):
-        x = label_w + c * (cell_w + PAD)
-        draw.text((x + cell_w / 2, HEADER / 2), text, fill=(0, 0, 0), font=font, anchor="mm")
+        x = label_w + c * (col_w + PAD)
+        draw.text((x + col_w / 2, HEADER / 2), text, fill=(0, 0, 0), font=font, anchor="mm")
     boxes = []
     for r, (row, text) in enumerate(zip(rows, row_labels)):
         y = HEADER + r * (cell_h + PAD)
         draw.text((PAD, y + cell_h / 2), text, fill=(0, 0, 0), font=font, anchor="lm")
         boxes.append([])
         for c, image in enumerate(row):
-            x = label_w + c * (cell_w + PAD)
+            x = label_w + c * (col_w + PAD) + (col_w - cell_w) // 2
             same = image.size == (cell_w, cell_h)
             grid.paste(image.convert("RGB") if same else _fit(image, cell_w, cell_h), (x, y))
             boxes[-1].append((x, y, x + cell_w, y + cell_h))

@@ -38,23 +38,27 @@ def demo_notice(editor: Editor) -> str:
 
 
 def build_app(store: Store, editor: Editor, jobs: JobManager) -> gr.Blocks:
-    with gr.Blocks(title="Qwen Image Edit Studio") as app:
+    # Gradio keeps uploads and outputs in its cache folder: clear day-old files every hour.
+    with gr.Blocks(title="Qwen Image Edit Studio", delete_cache=(3600, 86400)) as app:
         gr.Markdown("# Qwen Image Edit Studio")
         gr.Markdown(demo_notice(editor), elem_id="model-notice")
         project = project_bar.build(store)
         with gr.Tabs():
             with gr.Tab("Dataset"):
                 dataset_tab.build(store, project)
-            with gr.Tab("Train", id="train"):
-                loaders = [train_tab.build(store, jobs, project, str(editor.info.path))]
-            with gr.Tab("Edit", id="edit"):
-                loaders.append(edit_tab.build(store, editor, project))
-            with gr.Tab("Compare", id="compare"):
-                loaders.append(compare_tab.build(store, editor, project))
-        loaders.append(project_bar.loader(store, project))
-        # Per-project choices (adapters, history) are read fresh for every page load.
-        for fn, inputs, outputs in loaders:
+            with gr.Tab("Train", id="train") as train:
+                loaders = [(train, train_tab.build(store, jobs, project, str(editor.info.path)))]
+            with gr.Tab("Edit", id="edit") as edit:
+                loaders.append((edit, edit_tab.build(store, editor, project)))
+            with gr.Tab("Compare", id="compare") as compare:
+                loaders.append((compare, compare_tab.build(store, editor, project)))
+        loaders.append((None, project_bar.loader(store, project)))
+        # Per-project choices (runs, adapters, history) are read fresh on every page load and
+        # whenever a tab is opened, so an adapter trained a minute ago is there to pick.
+        for tab, (fn, inputs, outputs) in loaders:
             app.load(fn, inputs, outputs, api_name=False)
+            if tab is not None:
+                tab.select(fn, inputs, outputs, api_name=False)
     return app
 
 

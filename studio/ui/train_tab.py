@@ -134,7 +134,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
         if not project_name or not store.get_project(project_name):
             return []
         jobs.reconcile()
-        return [(f"#{r['id']} {r['name']} · {r['status']}", r["id"])
+        return [(f"#{r['id']} {r['name']} ({r['created_at'][:16].replace('T', ' ')})", r["id"])
                 for r in reversed(jobs.runs.list(project_name))]
 
     def on_preview(project_name, model, env_text, *values):
@@ -166,8 +166,9 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
         text = " · ".join(parts)
         if run["error"]:
             text += f"\n\n```\n{run['error']}\n```"
-        frame = pd.DataFrame([{"step": m["step"], "loss": m["loss"]} for m in snap["metrics"]],
-                             columns=["step", "loss"])
+        # Numeric columns, or the plot treats each loss as a category.
+        frame = pd.DataFrame({"step": [int(m["step"]) for m in snap["metrics"]],
+                              "loss": [float(m["loss"]) for m in snap["metrics"]]})
         return (progress_html(snap["step"], snap["total"]), text, frame, "\n".join(snap["log"]),
                 sample_gallery(snap["samples"]))
 
