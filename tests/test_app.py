@@ -1,8 +1,5 @@
 """The browser app, started as a user starts it, driven through its HTTP API."""
 import json
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -13,47 +10,19 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from studio.store import Store
+from tests.app_process import running_app
 from tests.conftest import make_image
 from tests.lora_files import random_lora, save_lora
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_served(url: str, proc: subprocess.Popen, timeout: float = 120) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if proc.poll() is not None:
-            raise AssertionError(f"app exited with {proc.returncode}: {proc.stdout.read()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return time.monotonic() - started
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"{url} not served within {timeout}s")
 
 
 @pytest.fixture(scope="module")
 def app_url(demo_model, tmp_path_factory):
-    projects = tmp_path_factory.mktemp("app") / "projects"
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "app.py", "--model", str(demo_model), "--projects-dir", str(projects),
-         "--port", str(port)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_served(url, proc)
+    folder = tmp_path_factory.mktemp("app")
+    projects = folder / "projects"
+    with running_app(["--model", str(demo_model), "--projects-dir", str(projects)],
+                     folder / "app.log") as url:
         yield url, projects
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 NO_ADAPTERS = (None, 1.0) * 3

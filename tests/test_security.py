@@ -6,8 +6,6 @@ import http.client
 import json
 import os
 import re
-import subprocess
-import sys
 import uuid
 import zipfile
 from pathlib import Path
@@ -20,7 +18,7 @@ from studio.store import Store
 from studio.ui import app as studio_app
 from tests.conftest import make_image
 from tests.dataset_helpers import jpeg
-from tests.test_app import ROOT, free_port, wait_until_served
+from tests.app_process import ROOT, running_app
 
 USER, PASSWORD = "alice", "s3cret-pass"
 # What may answer before logging in: the login page and Gradio's own frontend build.
@@ -69,21 +67,14 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(demo_model, tmp_path_factory):
-    projects = tmp_path_factory.mktemp("secure") / "projects"
-    port = free_port()
+    folder = tmp_path_factory.mktemp("secure")
+    projects = folder / "projects"
     env = dict(os.environ, STUDIO_AUTH=f"{USER}:{PASSWORD}")  # the variable, not --auth
-    proc = subprocess.Popen(
-        [sys.executable, "app.py", "--model", str(demo_model), "--projects-dir", str(projects),
-         "--port", str(port), "--max-upload", "1mb"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_until_served(f"http://127.0.0.1:{port}/", proc)
-        served = Server(port, projects)
+    with running_app(["--model", str(demo_model), "--projects-dir", str(projects),
+                      "--max-upload", "1mb"], folder / "app.log", env) as url:
+        served = Server(int(url.rstrip("/").rsplit(":", 1)[1]), projects)
         served.log_in()
         yield served
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def app_routes(demo_model, tmp_path) -> list[tuple[str, str]]:

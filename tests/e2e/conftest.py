@@ -3,13 +3,11 @@ folder, and Debian's Chromium driven by Playwright (its own browser download fai
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.test_app import ROOT, free_port, wait_until_served
+from tests.app_process import ROOT, running_app
 
 CHROMIUM = os.environ.get("STUDIO_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -22,19 +20,10 @@ USER, PASSWORD = "e2e", "browser-pass"
 def studio(demo_model, tmp_path_factory):
     """(url, projects folder) of a studio that asks for a login, as on a shared node."""
     projects = tmp_path_factory.mktemp("e2e") / "projects"
-    port = free_port()
     env = dict(os.environ, STUDIO_AUTH=f"{USER}:{PASSWORD}")
-    log = (tmp_path_factory.getbasetemp() / "e2e-app.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "app.py", "--model", str(demo_model), "--projects-dir", str(projects),
-         "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_until_served(f"http://127.0.0.1:{port}/", proc)
-        yield f"http://127.0.0.1:{port}/", projects
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    with running_app(["--model", str(demo_model), "--projects-dir", str(projects)],
+                     tmp_path_factory.getbasetemp() / "e2e-app.log", env) as url:
+        yield url, projects
 
 
 @pytest.fixture(scope="session")
