@@ -11,7 +11,10 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 HOST ?= 127.0.0.1
 PORT ?= 7860
 
-.PHONY: setup run test bench clean
+# The browser tests drive Debian's Chromium (Playwright's own browser download fails offline).
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: setup browser run test bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,10 +25,15 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 setup: $(VENV)/.installed
 
+browser:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+		echo "Chromium is missing at $(CHROMIUM): install it (apt-get install chromium) or the browser tests fail"
+
 run: setup
 	$(PY) app.py --host $(HOST) --port $(PORT)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
 
 bench: setup
