@@ -9,7 +9,7 @@ from gradio_client import Client, handle_file
 from studio.store import Store
 from studio.ui import dataset_tab, project_bar
 from tests.dataset_helpers import jpeg
-from tests.test_app import free_port
+from tests.app_process import free_port
 
 
 @pytest.fixture(scope="module")
