@@ -125,7 +125,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
             bar = gr.HTML(progress_html(0, None))
             status = gr.Markdown(elem_id="train-status")
             curve = gr.LinePlot(x="step", y="loss", title="Loss", height=260, elem_id="train-loss")
-            log = gr.Textbox(label="Last log lines", lines=10, max_lines=10, autoscroll=True)
+            log = gr.Textbox(label="Last log lines", lines=12, max_lines=20, autoscroll=True)
             gallery = gr.Gallery(label="Sample edits at the latest checkpoint (source | target | "
                                        "output)", columns=3, height="auto", elem_id="train-samples")
     timer = gr.Timer(2.0)
