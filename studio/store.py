@@ -220,10 +220,13 @@ class Store:
             row["id"] = self.db["edits"].insert(row).last_pk
         return row
 
-    def get_edit(self, edit_id: int) -> dict[str, Any] | None:
+    def _by_id(self, table: str, row_id: int) -> dict[str, Any] | None:
         with self._lock:
-            rows = list(self.db["edits"].rows_where("id = ?", [edit_id], limit=1))
+            rows = list(self.db[table].rows_where("id = ?", [row_id], limit=1))
         return rows[0] if rows else None
+
+    def get_edit(self, edit_id: int) -> dict[str, Any] | None:
+        return self._by_id("edits", edit_id)
 
     def list_edits(self, project: str, limit: int = 50) -> list[dict[str, Any]]:
         pid = self.require_project(project)["id"]
@@ -246,9 +249,7 @@ class Store:
         return row
 
     def get_adapter(self, adapter_id: int) -> dict[str, Any] | None:
-        with self._lock:
-            rows = list(self.db["adapters"].rows_where("id = ?", [adapter_id], limit=1))
-        return rows[0] if rows else None
+        return self._by_id("adapters", adapter_id)
 
     def list_adapters(self, project: str) -> list[dict[str, Any]]:
         pid = self.require_project(project)["id"]
