@@ -10,39 +10,44 @@ from ..trainer.jobs import JobManager
 from ..trainer.launch import PRESETS, TrainOptions
 from . import seed_panel
 
-# Form fields in the order of the event inputs: (TrainOptions field, component factory).
+# Form fields in the order of the event inputs: (TrainOptions field, factory(value)).
 FIELDS = [
-    ("max_steps", lambda: gr.Number(label="Max steps", precision=0, info="0 = whole epochs")),
-    ("num_epochs", lambda: gr.Number(label="Epochs", precision=0)),
-    ("save_steps", lambda: gr.Number(label="Save every N steps", precision=0, info="0 = each epoch")),
-    ("lora_rank", lambda: gr.Number(label="LoRA rank", precision=0, info="the seed uses 32")),
-    ("lora_alpha", lambda: gr.Number(label="LoRA alpha", info="0 = same as rank")),
-    ("learning_rate", lambda: gr.Number(label="Learning rate", info="AdamW, the seed uses 1e-4")),
-    ("weight_decay", lambda: gr.Number(label="Weight decay")),
-    ("max_pixels", lambda: gr.Number(label="Max pixels", precision=0,
-                                     info="target area; 1048576 = 1 MP, MindSpeed uses 262144")),
-    ("dataset_repeat", lambda: gr.Number(label="Dataset repeat", precision=0)),
-    ("gradient_accumulation_steps", lambda: gr.Number(label="Gradient accumulation", precision=0)),
-    ("seed", lambda: gr.Number(label="Seed", precision=0)),
-    ("mixed_precision", lambda: gr.Dropdown(["auto", "no", "bf16", "fp16"], label="Precision",
-                                            info="auto: bf16 on GPU/NPU, fp32 on CPU")),
-    ("use_gradient_checkpointing", lambda: gr.Checkbox(label="Gradient checkpointing",
-                                                       info="less memory, ~30% slower")),
-    ("device", lambda: gr.Dropdown(["cpu", "cuda", "npu"], label="Device")),
-    ("mode", lambda: gr.Dropdown(["single", "ddp", "zero2"], label="Distribution",
-                                 info="ddp: data parallel; zero2: DeepSpeed ZeRO-2")),
-    ("processes_per_node", lambda: gr.Number(label="Devices per node", precision=0)),
-    ("num_machines", lambda: gr.Number(label="Nodes", precision=0)),
-    ("machine_rank", lambda: gr.Number(label="This node's rank", precision=0)),
-    ("main_ip", lambda: gr.Textbox(label="Main node IP", info="needed with several nodes")),
-    ("main_port", lambda: gr.Number(label="Main port", precision=0)),
-    ("launcher", lambda: gr.Dropdown(["manual", "slurm", "ssh"], label="Start other nodes by",
-                                     info="manual: you paste a command; slurm: sbatch; ssh: hosts")),
-    ("hosts", lambda: gr.Textbox(label="ssh hosts", info="one per node, comma-separated, node 0 first")),
-    ("join_timeout", lambda: gr.Number(label="Join timeout (s)", precision=0,
-                                       info="the run fails if a node has not joined by then")),
-    ("cann_set_env", lambda: gr.Textbox(label="CANN set_env.sh (NPU)",
-                                        info="default: /usr/local/Ascend/ascend-toolkit/set_env.sh")),
+    ("max_steps", lambda v: gr.Number(v, label="Max steps", precision=0, info="0 = whole epochs")),
+    ("num_epochs", lambda v: gr.Number(v, label="Epochs", precision=0)),
+    ("save_steps", lambda v: gr.Number(v, label="Save every N steps", precision=0,
+                                       info="0 = each epoch")),
+    ("lora_rank", lambda v: gr.Number(v, label="LoRA rank", precision=0, info="the seed uses 32")),
+    ("lora_alpha", lambda v: gr.Number(v, label="LoRA alpha", info="0 = same as rank")),
+    ("learning_rate", lambda v: gr.Number(v, label="Learning rate", info="AdamW, the seed uses 1e-4")),
+    ("weight_decay", lambda v: gr.Number(v, label="Weight decay")),
+    ("max_pixels", lambda v: gr.Number(v, label="Max pixels", precision=0,
+                                       info="target area; 1048576 = 1 MP, MindSpeed uses 262144")),
+    ("dataset_repeat", lambda v: gr.Number(v, label="Dataset repeat", precision=0)),
+    ("gradient_accumulation_steps", lambda v: gr.Number(v, label="Gradient accumulation",
+                                                        precision=0)),
+    ("seed", lambda v: gr.Number(v, label="Seed", precision=0)),
+    ("mixed_precision", lambda v: gr.Dropdown(["auto", "no", "bf16", "fp16"], value=v,
+                                              label="Precision",
+                                              info="auto: bf16 on GPU/NPU, fp32 on CPU")),
+    ("use_gradient_checkpointing", lambda v: gr.Checkbox(v, label="Gradient checkpointing",
+                                                         info="less memory, ~30% slower")),
+    ("device", lambda v: gr.Dropdown(["cpu", "cuda", "npu"], value=v, label="Device")),
+    ("mode", lambda v: gr.Dropdown(["single", "ddp", "zero2"], value=v, label="Distribution",
+                                   info="ddp: data parallel; zero2: DeepSpeed ZeRO-2")),
+    ("processes_per_node", lambda v: gr.Number(v, label="Devices per node", precision=0)),
+    ("num_machines", lambda v: gr.Number(v, label="Nodes", precision=0)),
+    ("machine_rank", lambda v: gr.Number(v, label="This node's rank", precision=0)),
+    ("main_ip", lambda v: gr.Textbox(v, label="Main node IP", info="needed with several nodes")),
+    ("main_port", lambda v: gr.Number(v, label="Main port", precision=0)),
+    ("launcher", lambda v: gr.Dropdown(["manual", "slurm", "ssh"], value=v,
+                                       label="Start other nodes by",
+                                       info="manual: you paste a command; slurm: sbatch; ssh: hosts")),
+    ("hosts", lambda v: gr.Textbox(v, label="ssh hosts",
+                                   info="one per node, comma-separated, node 0 first")),
+    ("join_timeout", lambda v: gr.Number(v, label="Join timeout (s)", precision=0,
+                                         info="the run fails if a node has not joined by then")),
+    ("cann_set_env", lambda v: gr.Textbox(v, label="CANN set_env.sh (NPU)",
+                                          info="default: /usr/local/Ascend/ascend-toolkit/set_env.sh")),
 ]
 
 
@@ -105,9 +110,10 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
             model = gr.Textbox(value=model_path, label="Model folder (or 'demo')")
             name = gr.Textbox(label="Run name", placeholder="default: <project>-lora")
             with gr.Accordion("Trainer options", open=False):
-                fields = [make() for _, make in FIELDS[:13]]
+                initial = preset_values("Demo on CPU")
+                fields = [make(v) for (_, make), v in zip(FIELDS[:13], initial[:13])]
             with gr.Accordion("Devices and nodes", open=False):
-                fields += [make() for _, make in FIELDS[13:]]
+                fields += [make(v) for (_, make), v in zip(FIELDS[13:], initial[13:])]
                 env_text = gr.Textbox(label="Extra environment (KEY=VALUE per line; NPU runs "
                                             "also get the Ascend defaults shown in the command)",
                                       lines=3)
@@ -200,9 +206,9 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
     timer.tick(on_refresh, run_pick, outputs, api_name=False, show_progress="hidden")
 
     def on_project(project_name):
+        # Only the run list: opening the tab must not reset a form being filled in.
         runs = runs_of(project_name)
-        return [gr.Dropdown(choices=runs, value=runs[0][1] if runs else None),
-                *preset_values("Demo on CPU")]
+        return gr.Dropdown(choices=runs, value=runs[0][1] if runs else None)
 
-    project.change(on_project, project, [run_pick, *fields], api_name=False)
-    return on_project, project, [run_pick, *fields]
+    project.change(on_project, project, run_pick, api_name=False)
+    return on_project, project, [run_pick]
