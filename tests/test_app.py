@@ -88,12 +88,14 @@ def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model):
     store.create_project("trainee")
     add_sample_pairs(store, "trainee", 4)
     values = dict(zip([name for name, _ in FIELDS], preset_values("Demo on CPU")))
-    values.update(max_steps=4, save_steps=2)
+    assert values["sample_steps"] is None  # empty field: sample at each checkpoint
+    values.update(max_steps=4, save_steps=2, sample_inference_steps=3)
     form = [values[name] for name, _ in FIELDS]
     client = Client(url, verbose=False)
     preview = client.predict("trainee", str(demo_model), "", *form, api_name="/train_preview")
     assert "accelerate.commands.launch" in preview and "--max_steps 4" in preview
     assert '"distributed_type": "NO"' in preview
+    assert "--sample_inference_steps 3" in preview and "--sample_steps" not in preview
 
     run = client.predict("trainee", str(demo_model), "tab-run", "", *form, api_name="/train_start")
     run_id = int(run["value"])  # the run picker, updated to the new run

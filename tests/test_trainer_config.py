@@ -62,3 +62,24 @@ def test_out_of_memory_is_recognised_and_the_message_says_what_to_change():
     message = _oom_message(parse_args(["--dataset_base_path", "x", "--max_pixels", "1048576"]))
     for hint in ("--max_pixels (now 1048576", "--use_gradient_checkpointing", "ZeRO-2", "offload"):
         assert hint in message
+
+
+def test_sample_edit_options_reach_the_trainer_and_bad_ones_are_refused_before_queueing(
+        jobs, demo_model):
+    from studio.cli import build_parser
+    from studio.cli.train import options
+    from studio.trainer.launch import TrainOptions, trainer_args
+
+    cli = build_parser().parse_args(["train", "--project", "p", "--sample-steps", "0",
+                                     "--max-samples", "2", "--sample-cfg", "2.5"])
+    opts = options(cli)
+    args = parse_args(trainer_args(opts, "data", "out", resume=False))
+    assert (args.sample_steps, args.max_samples, args.sample_true_cfg_scale,
+            args.sample_inference_steps) == (0, 2, 2.5, 8)
+    # Unset: the trainer's default (a sample edit at each checkpoint).
+    assert parse_args(trainer_args(TrainOptions(), "data", "out", resume=False)).sample_steps is None
+
+    bad = {**options(cli).as_dict(), "model": str(demo_model), "sample_inference_steps": 1}
+    with pytest.raises(ValueError, match="sample_inference_steps must be at least 2"):
+        jobs.submit("p", TrainOptions.from_dict(bad))
+    assert jobs.runs.list() == []

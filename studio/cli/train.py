@@ -25,7 +25,14 @@ OPTION_FLAGS = {
     "--main-ip": ("main_ip", str), "--main-port": ("main_port", int),
     "--launcher": ("launcher", str), "--hosts": ("hosts", str),
     "--join-timeout": ("join_timeout", int),
+    "--sample-steps": ("sample_steps", int), "--max-samples": ("max_samples", int),
+    "--sample-inference-steps": ("sample_inference_steps", int),
+    "--sample-cfg": ("sample_true_cfg_scale", float),
 }
+HELP = {"--sample-steps": "sample edits of the validation pairs every N steps "
+                          "(default: at each checkpoint; 0: never)",
+        "--max-samples": "validation pairs sampled (default 4)",
+        "--sample-cfg": "true CFG scale of the sample edits (default 1 = off)"}
 
 
 def register(sub) -> None:
@@ -35,7 +42,7 @@ def register(sub) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="Demo on CPU")
     p.add_argument("--name", default=None, help="run name (default: <project>-lora)")
     for flag, (field, kind) in OPTION_FLAGS.items():
-        p.add_argument(flag, dest=field, type=kind, default=None)
+        p.add_argument(flag, dest=field, type=kind, default=None, help=HELP.get(flag))
     p.add_argument("--gradient-checkpointing", dest="use_gradient_checkpointing",
                    action="store_true", default=None)
     p.add_argument("--detach", action="store_true",

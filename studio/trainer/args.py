@@ -12,8 +12,15 @@ DEFAULT_TARGETS = ("to_q,to_k,to_v,add_q_proj,add_k_proj,add_v_proj,to_out.0,to_
                    "img_mlp.net.2,img_mod.1,txt_mlp.net.2,txt_mod.1")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+class _RaisingParser(argparse.ArgumentParser):
+    """Reports a bad flag as ValueError, for checks before a run is queued."""
+
+    def error(self, message):
+        raise ValueError(message)
+
+
+def build_parser(cls: type[argparse.ArgumentParser] = argparse.ArgumentParser):
+    p = cls(
         prog="python -m studio.trainer",
         description="Train a Qwen-Image-Edit LoRA (run it under `accelerate launch`).")
     p.add_argument("--model_path", default="demo",
@@ -74,8 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
+def check_args(argv: list[str]) -> argparse.Namespace:
+    """parse_args that raises ValueError instead of exiting."""
+    return parse_args(argv, _RaisingParser)
+
+
+def parse_args(argv: list[str] | None = None,
+               parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser):
+    parser = build_parser(parser_class)
     args = parser.parse_args(argv)
     if args.lora_alpha is None:
         args.lora_alpha = float(args.lora_rank)
@@ -91,4 +104,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--sample_steps must be 0 (never) or more")
     if args.sample_inference_steps < 2:  # the Qwen schedule divides by steps - 1
         parser.error("--sample_inference_steps must be at least 2")
+    if args.max_samples < 0:
+        parser.error("--max_samples must be 0 or more")
     return args

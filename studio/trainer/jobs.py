@@ -24,6 +24,7 @@ from ..runs_store import ACTIVE
 from ..store import Store, now
 from . import launch, multinode
 from .accelerate_config import write_config
+from .args import check_args
 from .launch import TrainOptions
 from .samples import list_samples
 
@@ -96,8 +97,10 @@ class JobManager:
     def submit(self, project: str, opts: TrainOptions, name: str | None = None) -> dict:
         """Queue a run (its dataset is exported when it starts) and start it if its devices
         are free."""
-        launch.accelerate_config(opts)  # refuse impossible layouts now, not in the queue
+        # Refuse impossible options now, not when the run leaves the queue.
+        launch.accelerate_config(opts)
         multinode.check(opts)
+        check_args(launch.trainer_args(opts, Path("dataset"), Path("output"), resume=False))
         if opts.model == "demo":  # the studio's own demo model, wherever this projects folder is
             from ..engine.models import resolve_model
 

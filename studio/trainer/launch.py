@@ -29,6 +29,11 @@ class TrainOptions:
     use_gradient_checkpointing: bool = False
     seed: int = 0
     mixed_precision: str = "auto"
+    # Sample edits of the validation pairs (trainer flags of the same names).
+    sample_steps: int | None = None  # None: at each checkpoint; 0: never
+    sample_inference_steps: int = 8
+    sample_true_cfg_scale: float = 1.0
+    max_samples: int = 4
     # Where and how it runs.
     device: str = "cpu"             # cpu | cuda | npu
     mode: str = "single"            # single | ddp | zero2
@@ -113,6 +118,11 @@ def trainer_args(opts: TrainOptions, dataset_dir: Path, output_dir: Path, resume
         args += ["--lora_alpha", str(opts.lora_alpha)]
     if opts.use_gradient_checkpointing:
         args.append("--use_gradient_checkpointing")
+    if opts.sample_steps is not None:
+        args += ["--sample_steps", str(opts.sample_steps)]
+    args += ["--sample_inference_steps", str(opts.sample_inference_steps),
+             "--sample_true_cfg_scale", str(opts.sample_true_cfg_scale),
+             "--max_samples", str(opts.max_samples)]
     if opts.device == "cpu":
         args += ["--device", "cpu"]
     if resume:

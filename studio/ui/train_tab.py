@@ -10,8 +10,9 @@ from ..trainer.jobs import JobManager
 from ..trainer.launch import PRESETS, TrainOptions
 from . import seed_panel
 
-# Form fields in the order of the event inputs: (TrainOptions field, factory(value)).
-FIELDS = [
+# Form fields by accordion, (TrainOptions field, factory(value)); FIELDS is the order of the
+# event inputs.
+TRAINER_FIELDS = [
     ("max_steps", lambda v: gr.Number(v, label="Max steps", precision=0, info="0 = whole epochs")),
     ("num_epochs", lambda v: gr.Number(v, label="Epochs", precision=0)),
     ("save_steps", lambda v: gr.Number(v, label="Save every N steps", precision=0,
@@ -31,6 +32,18 @@ FIELDS = [
                                               info="auto: bf16 on GPU/NPU, fp32 on CPU")),
     ("use_gradient_checkpointing", lambda v: gr.Checkbox(v, label="Gradient checkpointing",
                                                          info="less memory, ~30% slower")),
+]
+SAMPLE_FIELDS = [
+    ("sample_steps", lambda v: gr.Number(v, label="Sample every N steps", precision=0,
+                                         info="empty = at each checkpoint, 0 = never")),
+    ("max_samples", lambda v: gr.Number(v, label="Validation pairs to sample", precision=0,
+                                        info="mark pairs as validation in the Dataset tab")),
+    ("sample_inference_steps", lambda v: gr.Number(v, label="Denoising steps per sample",
+                                                   precision=0, info="at least 2")),
+    ("sample_true_cfg_scale", lambda v: gr.Number(v, label="Sample CFG scale",
+                                                  info="1 = off, twice as fast")),
+]
+DEVICE_FIELDS = [
     ("device", lambda v: gr.Dropdown(["cpu", "cuda", "npu"], value=v, label="Device")),
     ("mode", lambda v: gr.Dropdown(["single", "ddp", "zero2"], value=v, label="Distribution",
                                    info="ddp: data parallel; zero2: DeepSpeed ZeRO-2")),
@@ -49,14 +62,19 @@ FIELDS = [
     ("cann_set_env", lambda v: gr.Textbox(v, label="CANN set_env.sh (NPU)",
                                           info="default: /usr/local/Ascend/ascend-toolkit/set_env.sh")),
 ]
+FIELDS = TRAINER_FIELDS + SAMPLE_FIELDS + DEVICE_FIELDS
+# Numbers where 0 means "not set" (the trainer's default), and where empty means it.
+ZERO_IS_UNSET = ("max_steps", "save_steps", "lora_alpha")
+EMPTY_IS_UNSET = ("sample_steps",)
+FLOATS = ("learning_rate", "weight_decay", "lora_alpha", "sample_true_cfg_scale")
 
 
 def options_from(model: str, env_text: str, values) -> TrainOptions:
     data = {**TrainOptions().as_dict(), "model": model or "demo"}
     for (name, _), value in zip(FIELDS, values):
-        if name in ("max_steps", "save_steps", "lora_alpha"):
-            value = value or None  # 0 means "not set"
-        elif isinstance(value, float) and name not in ("learning_rate", "weight_decay"):
+        if name in ZERO_IS_UNSET:
+            value = value or None
+        if isinstance(value, float) and name not in FLOATS:
             value = int(value)
         data[name] = value
     env = {}
@@ -80,7 +98,7 @@ def ascend_env_text() -> str:
 
 def preset_values(name: str) -> list:
     values = {**TrainOptions().as_dict(), **PRESETS.get(name, {})}
-    return [0 if values[f] is None else values[f] for f, _ in FIELDS]
+    return [0 if values[f] is None and f not in EMPTY_IS_UNSET else values[f] for f, _ in FIELDS]
 
 
 def progress_html(step: int, total: int | None) -> str:
@@ -109,11 +127,14 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
                                  elem_id="train-preset")
             model = gr.Textbox(value=model_path, label="Model folder (or 'demo')")
             name = gr.Textbox(label="Run name", placeholder="default: <project>-lora")
+            initial = iter(preset_values("Demo on CPU"))
+            fields = []
             with gr.Accordion("Trainer options", open=False):
-                initial = preset_values("Demo on CPU")
-                fields = [make(v) for (_, make), v in zip(FIELDS[:13], initial[:13])]
+                fields += [make(next(initial)) for _, make in TRAINER_FIELDS]
+            with gr.Accordion("Sample edits at checkpoints", open=False):
+                fields += [make(next(initial)) for _, make in SAMPLE_FIELDS]
             with gr.Accordion("Devices and nodes", open=False):
-                fields += [make(v) for (_, make), v in zip(FIELDS[13:], initial[13:])]
+                fields += [make(next(initial)) for _, make in DEVICE_FIELDS]
                 env_text = gr.Textbox(label="Extra environment (KEY=VALUE per line; NPU runs "
                                             "also get the Ascend defaults shown in the command)",
                                       lines=3)
