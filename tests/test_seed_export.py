@@ -257,9 +257,18 @@ def test_train_tab_exports_and_follows_through_the_app(store, demo_model, tmp_pa
 
         log = tmp_path / "run.log"
         log.write_text(tqdm_line(1, 50, loss=0.3) + tqdm_line(7, 50, "1.25it/s", 0.125))
-        text, plot = client.predict(str(log), api_name="/train_follow_log")
+        text, plot, timer = client.predict(str(log), api_name="/train_follow_log")
+        assert timer["active"] is True  # the panel keeps re-reading the log from now on
         assert "step **7/50**" in text and "loss **0.1250**" in text and "1.25 it/s" in text
         column = plot["columns"].index("loss")
         assert [row[column] for row in plot["data"]] == [0.3, 0.125]
+
+        with log.open("a") as f:
+            f.write(tqdm_line(9, 50, "1.25it/s", 0.0625))
+        text, plot, timer = client.predict(str(log), api_name="/train_follow_refresh")
+        assert "step **9/50**" in text and len(plot["data"]) == 3 and timer["active"] is True
+        log.unlink()  # the run's folder went away: the panel says so and stops re-reading
+        text, _, timer = client.predict(str(log), api_name="/train_follow_refresh")
+        assert text.startswith("Stopped following") and timer["active"] is False
     finally:
         app.close()

@@ -45,8 +45,11 @@ def build(store: Store, project: gr.Dropdown, model: gr.Textbox, env_text: gr.Te
         exported = gr.Markdown(elem_id="seed-export-result")
     with gr.Accordion("Follow an external run", open=False):
         log_path = gr.Textbox(label="Log file", placeholder="output/train_<date>_node0.log")
-        follow = gr.Button("Follow", elem_id="seed-follow")
+        with gr.Row():
+            follow = gr.Button("Follow", elem_id="seed-follow")
+            unfollow = gr.Button("Stop following")
         followed = gr.Markdown(elem_id="seed-follow-result")
+        refresh = gr.Timer(5.0, active=False)  # re-reads the log while following
         curve = gr.LinePlot(x="step", y="loss", title="Loss (external run)", height=220)
 
     def on_export(project_name, folder_text, model_text, env, *values):
@@ -62,16 +65,27 @@ def build(store: Store, project: gr.Dropdown, model: gr.Textbox, env_text: gr.Te
         readme = (script.parent / "README.txt").read_text()
         return f"Wrote `{script.parent}`\n\n```\n{readme}```"
 
+    def read(path):
+        state = follow_log(path.strip())
+        return follow_text(state), pd.DataFrame(state["losses"], columns=["step", "loss"])
+
     def on_follow(path):
         if not path or not path.strip():
             raise gr.Error("Enter the path of the run's log file.")
         try:
-            state = follow_log(path.strip())
+            return *read(path), gr.Timer(active=True)
         except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
             raise gr.Error(str(exc))
-        frame = pd.DataFrame(state["losses"], columns=["step", "loss"])
-        return follow_text(state), frame
+
+    def on_tick(path):
+        try:
+            return *read(path or ""), gr.Timer(active=True)
+        except OSError as exc:  # moved or deleted meanwhile: say so and stop re-reading
+            return f"Stopped following: {exc}", gr.skip(), gr.Timer(active=False)
 
     export.click(on_export, [project, out_text, model, env_text, *fields], exported,
                  api_name="train_seed_export")
-    follow.click(on_follow, log_path, [followed, curve], api_name="train_follow_log")
+    follow.click(on_follow, log_path, [followed, curve, refresh], api_name="train_follow_log")
+    refresh.tick(on_tick, log_path, [followed, curve, refresh], api_name="train_follow_refresh",
+                 show_progress="hidden")
+    unfollow.click(lambda: gr.Timer(active=False), None, refresh, api_name=False)
