@@ -142,13 +142,32 @@ class Pairs:
             return cursor.rowcount
 
     def delete(self, project: str, pair_ids: list[int]) -> int:
-        """Delete pairs. Their image files stay: other pairs may share them (content-addressed)."""
+        """Delete pairs, and the image files no other pair of the project uses (images are
+        content-addressed, so pairs may share them). Under the store lock, so no pair can
+        start using a file between the check and its removal."""
         pid = self.project_id(project)
-        with self._lock, self.db.atomic():
-            marks = ",".join("?" * len(pair_ids))
-            cursor = self.db.execute(
-                f"DELETE FROM pairs WHERE project_id = ? AND id IN ({marks})", [pid, *pair_ids])
+        marks = ",".join("?" * len(pair_ids))
+        with self._lock:
+            with self.db.atomic():
+                files = set()
+                for source, target, extras in self.db.execute(
+                        f"SELECT source_path, target_path, extra_sources FROM pairs "
+                        f"WHERE project_id = ? AND id IN ({marks})", [pid, *pair_ids]):
+                    files.update([source, target, *json.loads(extras or "[]")])
+                cursor = self.db.execute(
+                    f"DELETE FROM pairs WHERE project_id = ? AND id IN ({marks})", [pid, *pair_ids])
+                unused = files - self._images_in_use(pid) if files else set()
+            for relative in unused:
+                if relative.startswith("images/") and ".." not in relative.split("/"):
+                    self.path(project, relative).unlink(missing_ok=True)
             return cursor.rowcount
+
+    def _images_in_use(self, pid: int) -> set[str]:
+        used: set[str] = set()
+        for source, target, extras in self.db.execute(
+                "SELECT source_path, target_path, extra_sources FROM pairs WHERE project_id = ?", [pid]):
+            used.update([source, target, *json.loads(extras or "[]")])
+        return used
 
     # -- reading ------------------------------------------------------------
     def _where(self, pid: int, search: str | None, split: str | None,

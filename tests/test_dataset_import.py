@@ -204,3 +204,42 @@ def test_musubi_jsonl_is_read(store, tmp_path):
     (folder / "m.jsonl").write_text(json.dumps(record) + "\n")
     assert importers.import_metadata(store, "p", folder / "m.jsonl").added == 1
     assert store.pairs.page("p")[0]["instruction"] == "absolute paths"
+
+
+def images_on_disk(store) -> set[str]:
+    folder = store.project_dir("p")
+    return {p.relative_to(folder).as_posix() for p in (folder / "images").rglob("*") if p.is_file()}
+
+
+def test_deleting_pairs_removes_the_images_no_other_pair_uses(store, tmp_path):
+    folder = tmp_path / "pairs"
+    write_pair(folder, "source_1.jpg", "edited_1.jpg", seed=1)
+    write_pair(folder, "source_2.jpg", "edited_2.jpg", seed=2)
+    (folder / "source_2.jpg").write_bytes((folder / "source_1.jpg").read_bytes())  # shared source
+    importers.import_folder(store, "p", folder)
+    one, two = stored(store)["1"], stored(store)["2"]
+    assert one["source_path"] == two["source_path"]
+    assert images_on_disk(store) == {one["source_path"], one["target_path"], two["target_path"]}
+
+    store.pairs.delete("p", [one["id"]])
+    assert images_on_disk(store) == {two["source_path"], two["target_path"]}  # shared one stays
+    store.pairs.delete("p", [two["id"]])
+    assert images_on_disk(store) == set()
+    assert importers.import_folder(store, "p", folder).added == 2  # written again
+    assert images_on_disk(store) == {one["source_path"], one["target_path"], two["target_path"]}
+
+
+def test_a_delete_racing_an_import_leaves_no_pair_without_its_image(store, tmp_path):
+    folder = tmp_path / "pairs"
+    write_pair(folder, "source_1.jpg", "edited_1.jpg", seed=1)
+    importers.import_folder(store, "p", folder)
+    old = stored(store)["1"]
+    (folder / "1.txt").write_text("the same images, another instruction")
+
+    def delete_old_pair(done, total):
+        # The new row reused the stored files and is not inserted yet: the old pair goes now.
+        store.pairs.delete("p", [old["id"]])
+
+    report = importers.import_folder(store, "p", folder, progress=delete_old_pair)
+    assert report.added == 0 and "deleted" in report.errors[0][1]
+    assert store.pairs.count("p") == 0 and images_on_disk(store) == set()

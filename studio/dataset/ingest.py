@@ -62,6 +62,24 @@ def build_row(store: Store, project: str, candidate: Candidate,
     return row
 
 
+def drop_vanished(store: Store, project: str, inserted: list[dict], rows_of: dict[str, str],
+                  report: ImportReport) -> list[dict]:
+    """An image stored once already is reused, not rewritten; deleting the last pair that
+    used it removes the file. If that happened between reuse and insert, the new pair would
+    point at nothing: take it out again and report the row."""
+    folder = store.project_dir(project)
+    gone = [row for row in inserted
+            if not all((folder / p).is_file()
+                       for p in (row["source_path"], row["target_path"], *row["extra_sources"]))]
+    if gone:
+        store.pairs.delete(project, [row["id"] for row in gone])
+        for row in gone:
+            report.error(rows_of[row["pair_key"]], "an image was deleted (with the last pair "
+                                                   "using it) while importing; import it again")
+    gone_ids = {row["id"] for row in gone}
+    return [row for row in inserted if row["id"] not in gone_ids]
+
+
 def ingest(store: Store, project: str, candidates: Iterable[Candidate], report: ImportReport,
            total: int | None = None, progress: Progress | None = None,
            max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = 200) -> ImportReport:
@@ -72,6 +90,7 @@ def ingest(store: Store, project: str, candidates: Iterable[Candidate], report: 
 
     def flush() -> None:
         inserted, present = pairs.add(project, batch)
+        inserted = drop_vanished(store, project, inserted, rows_of, report)
         report.added += len(inserted)
         report.already_present += present
         for row in inserted:
