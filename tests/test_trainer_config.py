@@ -83,3 +83,15 @@ def test_sample_edit_options_reach_the_trainer_and_bad_ones_are_refused_before_q
     with pytest.raises(ValueError, match="sample_inference_steps must be at least 2"):
         jobs.submit("p", TrainOptions.from_dict(bad))
     assert jobs.runs.list() == []
+
+
+def test_gradient_clipping_reaches_the_trainer_or_deepspeed():
+    from studio.trainer.launch import TrainOptions, accelerate_config, trainer_args
+
+    plain, clipped = TrainOptions(), TrainOptions(max_grad_norm=0.5)
+    assert parse_args(trainer_args(plain, "d", "o", resume=False)).max_grad_norm is None
+    assert parse_args(trainer_args(clipped, "d", "o", resume=False)).max_grad_norm == 0.5
+    zero2 = dict(device="cuda", mode="zero2", processes_per_node=8)
+    ds = lambda opts: accelerate_config(opts)["deepspeed_config"]["gradient_clipping"]  # noqa: E731
+    assert ds(TrainOptions(**zero2)) == 1.0  # the seed's
+    assert ds(TrainOptions(**zero2, max_grad_norm=0.5)) == 0.5

@@ -196,3 +196,17 @@ def test_nan_loss_stops_with_a_clear_error(demo_model, dataset, tmp_path):
                        "--learning_rate", "1e30", check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "training diverged" in proc.stderr and "--learning_rate" in proc.stderr
+
+
+def test_max_grad_norm_clips_the_gradient(demo_model, dataset, tmp_path):
+    # One AdamW step from lora_B = 0: unclipped, each weight moves by about lr / 3 (the
+    # ConstantLR warm-up); a gradient clipped to norm 1e-12 is far under Adam's eps, so the
+    # step is tiny. A huge limit clips nothing: the same weights as no flag.
+    runs = {}
+    for name, flag in (("none", []), ("huge", ["--max_grad_norm", "1e9"]),
+                       ("tiny", ["--max_grad_norm", "1e-12"])):
+        run_trainer(demo_model, dataset, tmp_path / name, "--max_steps", 1, *flag)
+        runs[name] = lora(tmp_path / name / "final.safetensors")
+    assert max_diff(runs["huge"], runs["none"]) == 0
+    assert max_abs(runs["none"]) == pytest.approx(1e-3 / 3, rel=0.05)
+    assert max_abs(runs["tiny"]) < 1e-3 * max_abs(runs["none"])

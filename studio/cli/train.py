@@ -16,7 +16,7 @@ OPTION_FLAGS = {
     "--max-steps": ("max_steps", int), "--save-steps": ("save_steps", int),
     "--num-epochs": ("num_epochs", int), "--lora-rank": ("lora_rank", int),
     "--lora-alpha": ("lora_alpha", float), "--learning-rate": ("learning_rate", float),
-    "--weight-decay": ("weight_decay", float), "--max-pixels": ("max_pixels", int),
+    "--weight-decay": ("weight_decay", float), "--max-grad-norm": ("max_grad_norm", float), "--max-pixels": ("max_pixels", int),
     "--dataset-repeat": ("dataset_repeat", int), "--seed": ("seed", int),
     "--gradient-accumulation-steps": ("gradient_accumulation_steps", int),
     "--mixed-precision": ("mixed_precision", str), "--device": ("device", str),
@@ -32,6 +32,7 @@ OPTION_FLAGS = {
 HELP = {"--sample-steps": "sample edits of the validation pairs every N steps "
                           "(default: at each checkpoint; 0: never)",
         "--max-samples": "validation pairs sampled (default 4)",
+        "--max-grad-norm": "clip the gradient norm (default: off; ZeRO-2 runs clip at 1.0)",
         "--sample-cfg": "true CFG scale of the sample edits (default 1 = off)"}
 
 

@@ -38,6 +38,9 @@ def build_parser(cls: type[argparse.ArgumentParser] = argparse.ArgumentParser):
     p.add_argument("--learning_rate", type=float, default=1e-4)
     p.add_argument("--weight_decay", type=float, default=0.01)
     p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    p.add_argument("--max_grad_norm", type=float, default=None,
+                   help="clip the gradient norm (off by default, as in the reference; DeepSpeed "
+                        "runs clip with the config's gradient_clipping, 1.0 in the seed's)")
     p.add_argument("--lora_rank", type=int, default=32)
     p.add_argument("--lora_alpha", type=float, default=None, help="default: the rank")
     p.add_argument("--lora_target_modules", default=DEFAULT_TARGETS)

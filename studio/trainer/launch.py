@@ -26,6 +26,7 @@ class TrainOptions:
     max_pixels: int = 1024 * 1024
     dataset_repeat: int = 1
     gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = None  # None: off, except ZeRO-2 runs (the seed's 1.0)
     use_gradient_checkpointing: bool = False
     seed: int = 0
     mixed_precision: str = "auto"
@@ -86,6 +87,7 @@ def accelerate_config(opts: TrainOptions) -> dict:
                        device=opts.device,
                        mixed_precision=None if opts.mixed_precision == "auto" else opts.mixed_precision,
                        gradient_accumulation_steps=opts.gradient_accumulation_steps,
+                       gradient_clipping=opts.max_grad_norm or 1.0,
                        num_machines=opts.num_machines, machine_rank=opts.machine_rank,
                        main_process_ip=main_address(opts), main_process_port=opts.main_port)
 
@@ -116,6 +118,8 @@ def trainer_args(opts: TrainOptions, dataset_dir: Path, output_dir: Path, resume
         args += ["--save_steps", str(opts.save_steps)]
     if opts.lora_alpha:
         args += ["--lora_alpha", str(opts.lora_alpha)]
+    if opts.max_grad_norm:
+        args += ["--max_grad_norm", str(opts.max_grad_norm)]
     if opts.use_gradient_checkpointing:
         args.append("--use_gradient_checkpointing")
     if opts.sample_steps is not None:

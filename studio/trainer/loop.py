@@ -244,6 +244,8 @@ def train(args) -> int:
                 loss, _ = sample_loss(model, encoded(order.pair_index(entry)), schedule,
                                       order.generator(entry), device, dtype)
                 accelerator.backward(loss)
+                if args.max_grad_norm and accelerator.sync_gradients and not deepspeed:
+                    accelerator.clip_grad_norm_(params, args.max_grad_norm)
                 optimizer_w.step()
                 optimizer_w.zero_grad()
             loss_sum += float(loss.detach())

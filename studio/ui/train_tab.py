@@ -26,6 +26,8 @@ TRAINER_FIELDS = [
     ("dataset_repeat", lambda v: gr.Number(v, label="Dataset repeat", precision=0)),
     ("gradient_accumulation_steps", lambda v: gr.Number(v, label="Gradient accumulation",
                                                         precision=0)),
+    ("max_grad_norm", lambda v: gr.Number(v, label="Clip gradient norm",
+                                          info="0 = off (ZeRO-2 runs clip at 1.0, as the seed)")),
     ("seed", lambda v: gr.Number(v, label="Seed", precision=0)),
     ("mixed_precision", lambda v: gr.Dropdown(["auto", "no", "bf16", "fp16"], value=v,
                                               label="Precision",
@@ -64,9 +66,9 @@ DEVICE_FIELDS = [
 ]
 FIELDS = TRAINER_FIELDS + SAMPLE_FIELDS + DEVICE_FIELDS
 # Numbers where 0 means "not set" (the trainer's default), and where empty means it.
-ZERO_IS_UNSET = ("max_steps", "save_steps", "lora_alpha")
+ZERO_IS_UNSET = ("max_steps", "save_steps", "lora_alpha", "max_grad_norm")
 EMPTY_IS_UNSET = ("sample_steps",)
-FLOATS = ("learning_rate", "weight_decay", "lora_alpha", "sample_true_cfg_scale")
+FLOATS = ("learning_rate", "weight_decay", "lora_alpha", "max_grad_norm", "sample_true_cfg_scale")
 
 
 def options_from(model: str, env_text: str, values) -> TrainOptions:
