@@ -210,3 +210,22 @@ def test_max_grad_norm_clips_the_gradient(demo_model, dataset, tmp_path):
     assert max_diff(runs["huge"], runs["none"]) == 0
     assert max_abs(runs["none"]) == pytest.approx(1e-3 / 3, rel=0.05)
     assert max_abs(runs["tiny"]) < 1e-3 * max_abs(runs["none"])
+
+
+def test_two_processes_share_the_encoding_and_fill_the_same_cache(demo_model, dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    proc = run_trainer(demo_model, dataset, tmp_path / "ddp", "--max_steps", 1,
+                       "--cache_path", tmp_path / "cache2",
+                       launch=["--multi_gpu", "--num_processes", "2"],
+                       extra_env={"ACCELERATE_USE_CPU": "1"})
+    assert "rank 0 encoded its 2 pair(s)" in proc.stderr
+    assert "rank 1 encoded its 2 pair(s)" in proc.stderr
+    run_trainer(demo_model, dataset, tmp_path / "one", "--max_steps", 1,
+                "--cache_path", tmp_path / "cache1")
+    shared = {p.relative_to(tmp_path / "cache2"): p for p in (tmp_path / "cache2").rglob("*.safetensors")}
+    alone = {p.relative_to(tmp_path / "cache1"): p for p in (tmp_path / "cache1").rglob("*.safetensors")}
+    assert shared.keys() == alone.keys() and len(alone) == 4
+    for name in alone:
+        a, b = load_file(alone[name]), load_file(shared[name])
+        assert all(torch.equal(a[k], b[k]) for k in a), name
