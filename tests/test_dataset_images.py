@@ -108,3 +108,13 @@ def test_size_mismatch_warns_with_training_sizes():
     assert "aspect" in aspect["message"] and "640×480" in aspect["message"]
     assert size_issues((300, 300), (300, 300)) == []
     assert size_issues((8, 8), (8, 8))[0]["level"] == "error"
+
+
+def test_instructions_empty_is_an_error_and_very_long_a_warning():
+    from studio.dataset.checks import MAX_INSTRUCTION_CHARS, instruction_issues
+
+    assert instruction_issues("  ")[0]["level"] == "error"
+    assert instruction_issues("make the sky blue") == []
+    assert instruction_issues("x" * MAX_INSTRUCTION_CHARS) == []
+    (long,) = instruction_issues("x" * (MAX_INSTRUCTION_CHARS + 1))
+    assert long["level"] == "warning" and "1001 characters" in long["message"]

@@ -10,7 +10,9 @@ from typing import Any
 
 DEFAULT_MAX_PIXELS = 1048576  # the reference recipe's max_pixels
 SIZE_MULTIPLE = 16            # Qwen-Image latents: 8× VAE downscale, then 2×2 patches
-MAX_INSTRUCTION_CHARS = 1000  # beyond this the text encoder's prompt window truncates it
+# The edit pipelines do not truncate prompts (QwenImageEditPipeline.encode_prompt ignores
+# max_sequence_length), so length is no error; this long is rarely an edit instruction.
+MAX_INSTRUCTION_CHARS = 1000
 MIN_SIDE = 16
 
 
@@ -54,7 +56,8 @@ def instruction_issues(text: str) -> list[dict[str, str]]:
         return [issue("error", "empty instruction")]
     if len(text) > MAX_INSTRUCTION_CHARS:
         return [issue("warning", f"instruction is {len(text)} characters long (over "
-                                 f"{MAX_INSTRUCTION_CHARS}); the text encoder may truncate it")]
+                                 f"{MAX_INSTRUCTION_CHARS}): is it a caption or pasted text "
+                                 f"rather than an edit instruction?")]
     return []
 
 
