@@ -61,6 +61,13 @@ def _setup_logging(output: Path) -> None:
     for h in handlers:
         h.setFormatter(fmt)
         log.addHandler(h)
+    # Loading bars of every component (and of each sample edit) would bury the run's own
+    # lines in the log the studio shows; progress is in metrics.jsonl.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
 
 def _dtype(args, device: torch.device) -> torch.dtype:
