@@ -99,3 +99,14 @@ def test_a_project_without_pairs_is_refused(jobs, demo_model):
     with pytest.raises(ValueError, match="main_process_ip"):
         jobs.submit("p", options(demo_model, mode="ddp", processes_per_node=2, num_machines=2))
     assert jobs.runs.list() == []
+
+
+def test_smoothed_loss_is_a_debiased_moving_average():
+    from studio.trainer.jobs import smoothed
+
+    assert smoothed([]) == []
+    assert smoothed([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])  # no pull towards 0
+    # By hand, weight 0.5: averages 0.5, 0.5*0.5 + 0.5*3 = 1.75; debiased 1.0, 1.75 / 0.75.
+    assert smoothed([1.0, 3.0], weight=0.5) == pytest.approx([1.0, 7 / 3])
+    noisy = [1.0, 3.0] * 20
+    assert max(smoothed(noisy)[10:]) - min(smoothed(noisy)[10:]) < 0.5  # the noise is damped

@@ -70,6 +70,16 @@ def read_metrics(output: Path) -> list[dict]:
     return rows
 
 
+def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average, debiased at the start as TensorBoard smooths: the loss of
+    one step depends mostly on its random timestep, the trend shows only on average."""
+    out, average = [], 0.0
+    for n, value in enumerate(values, 1):
+        average = weight * average + (1 - weight) * value
+        out.append(average / (1 - weight ** n))
+    return out
+
+
 class JobManager:
     def __init__(self, store: Store, before_start: Callable[[str], None] | None = None):
         """`before_start(device)` runs before a run takes a device (the UI frees its pipeline)."""
@@ -362,5 +372,6 @@ class JobManager:
                 "loss": last.get("loss"), "lr": last.get("lr"),
                 "samples_per_s": last.get("samples_per_s"), "eta_s": last.get("eta"),
                 "metrics": metrics, "log": tail(folder / "train.log"),
+                "loss_smoothed": smoothed([float(m["loss"]) for m in metrics]),
                 # Sample edits of the validation pairs, latest checkpoint first.
                 "samples": list_samples(folder / "output")}

@@ -153,7 +153,8 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
                 delete = gr.Button("Delete", variant="stop", scale=1)
             bar = gr.HTML(progress_html(0, None))
             status = gr.Markdown(elem_id="train-status")
-            curve = gr.LinePlot(x="step", y="loss", title="Loss", height=260, elem_id="train-loss")
+            curve = gr.LinePlot(x="step", y="loss", color="series", title="Loss", height=260,
+                                elem_id="train-loss")
             log = gr.Textbox(label="Last log lines", lines=12, max_lines=20, autoscroll=True)
             gallery = gr.Gallery(label="Sample edits at the latest checkpoint (source | target | "
                                        "output)", columns=3, height="auto", elem_id="train-samples")
@@ -195,9 +196,12 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
         text = " · ".join(parts)
         if run["error"]:
             text += f"\n\n```\n{run['error']}\n```"
-        # Numeric columns, or the plot treats each loss as a category.
-        frame = pd.DataFrame({"step": [int(m["step"]) for m in snap["metrics"]],
-                              "loss": [float(m["loss"]) for m in snap["metrics"]]})
+        # Numeric columns, or the plot treats each loss as a category; one row per series.
+        steps = [int(m["step"]) for m in snap["metrics"]]
+        frame = pd.DataFrame({
+            "step": steps * 2,
+            "loss": [float(m["loss"]) for m in snap["metrics"]] + snap["loss_smoothed"],
+            "series": ["per step"] * len(steps) + ["smoothed"] * len(steps)})
         return (progress_html(snap["step"], snap["total"]), text, frame, "\n".join(snap["log"]),
                 sample_gallery(snap["samples"]))
 
