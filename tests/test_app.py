@@ -119,3 +119,10 @@ def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model):
                                                      ["output", "step 4"]], captions
     steps = sorted(a["step"] for a in store.list_adapters("trainee"))
     assert steps == [2, 4]
+
+    # The next run can start from one of them, picked by id as the dropdown gives it.
+    last = max(store.list_adapters("trainee"), key=lambda a: a["step"])
+    values["lora_checkpoint"] = str(last["id"])
+    preview = client.predict("trainee", str(demo_model), "", *[values[n] for n, _ in FIELDS],
+                             api_name="/train_preview")
+    assert f"--lora_checkpoint {last['path']}" in preview

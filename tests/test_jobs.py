@@ -110,3 +110,22 @@ def test_smoothed_loss_is_a_debiased_moving_average():
     assert smoothed([1.0, 3.0], weight=0.5) == pytest.approx([1.0, 7 / 3])
     noisy = [1.0, 3.0] * 20
     assert max(smoothed(noisy)[10:]) - min(smoothed(noisy)[10:]) < 0.5  # the noise is damped
+
+
+def test_a_run_starts_from_a_project_adapter_and_a_misfit_one_is_refused(jobs, demo_model):
+    first = jobs.submit("p", options(demo_model, max_steps=2, save_steps=2))
+    assert jobs.wait(first["id"], timeout=240)["status"] == "finished"
+    (adapter,) = jobs.store.list_adapters("p")
+
+    with pytest.raises(ValueError, match="rank 4; set the LoRA rank"):
+        jobs.submit("p", options(demo_model, lora_checkpoint=str(adapter["id"]), lora_rank=8))
+    with pytest.raises(KeyError, match="no adapter with id 999"):
+        jobs.submit("p", options(demo_model, lora_checkpoint="999"))
+
+    second = jobs.submit("p", options(demo_model, max_steps=2, save_steps=2,
+                                      lora_checkpoint=str(adapter["id"])))
+    assert second["config"]["lora_checkpoint"] == adapter["path"]  # the id, resolved for good
+    assert f"--lora_checkpoint {adapter['path']}" in second["command"]
+    assert jobs.wait(second["id"], timeout=240)["status"] == "finished"
+    log = (Path(second["run_dir"]) / "output" / "train.log").read_text()
+    assert f"started from {adapter['path']}" in log

@@ -176,3 +176,19 @@ def test_lora_checkpoint_with_wrong_rank_names_the_problem(lora_transformer, tmp
     add_lora(other, rank=2, alpha=2.0, targets=DEFAULT_TARGETS)
     with pytest.raises(LoraFormatError, match="lora_rank"):
         load_into(other, path, rank=2, alpha=2.0)
+
+
+@pytest.mark.parametrize("style", ["diffusers", "diffsynth", "comfyui"])
+def test_a_lora_to_start_from_is_checked_against_rank_and_targets(demo_model, tmp_path, style):
+    from studio.trainer.args import DEFAULT_TARGETS
+    from studio.trainer.lora_io import LoraFormatError, check_compatible
+    from tests.lora_files import random_lora, save_lora
+
+    path = save_lora(random_lora(demo_model, rank=4), tmp_path / "l.safetensors", style)
+    check_compatible(path, 4, DEFAULT_TARGETS)  # fits: nothing raised
+    with pytest.raises(LoraFormatError, match="rank 4; set the LoRA rank"):
+        check_compatible(path, 8, DEFAULT_TARGETS)
+    with pytest.raises(LoraFormatError, match="img_mlp.net.2|txt_mlp.net.2"):
+        check_compatible(path, 4, "to_q,to_k,to_v,add_q_proj,add_k_proj,add_v_proj,to_out.0,to_add_out")
+    with pytest.raises(LoraFormatError, match="not found"):
+        check_compatible(tmp_path / "missing.safetensors", 4, DEFAULT_TARGETS)

@@ -28,10 +28,13 @@ OPTION_FLAGS = {
     "--sample-steps": ("sample_steps", int), "--max-samples": ("max_samples", int),
     "--sample-inference-steps": ("sample_inference_steps", int),
     "--sample-cfg": ("sample_true_cfg_scale", float),
+    "--lora-targets": ("lora_target_modules", str), "--init-lora": ("lora_checkpoint", str),
 }
 HELP = {"--sample-steps": "sample edits of the validation pairs every N steps "
                           "(default: at each checkpoint; 0: never)",
         "--max-samples": "validation pairs sampled (default 4)",
+        "--init-lora": "start from this LoRA: an adapter id (adapters list) or a file",
+        "--lora-targets": "comma-separated LoRA target modules (default: the seed's)",
         "--max-grad-norm": "clip the gradient norm (default: off; ZeRO-2 runs clip at 1.0)",
         "--sample-cfg": "true CFG scale of the sample edits (default 1 = off)"}
 

@@ -8,6 +8,7 @@ killed trainer never leaves a run "running" or "stopping" forever.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,12 +21,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from ..engine.adapters import resolve_adapter
 from ..runs_store import ACTIVE
 from ..store import Store, now
 from . import launch, multinode
 from .accelerate_config import write_config
 from .args import check_args
 from .launch import TrainOptions
+from .lora_io import check_compatible
 from .samples import list_samples
 
 LOG_TAIL = 20
@@ -96,6 +99,7 @@ class JobManager:
     def preview(self, opts: TrainOptions, run_dir: Path | None = None) -> dict:
         """The exact command, environment and accelerate config a run would use."""
         run_dir = run_dir or Path("<run folder>")
+        opts = self._start_lora(opts)
         config = launch.accelerate_config(opts)
         command = launch.launch_command(opts, run_dir / "accelerate_config.yaml",
                                         run_dir / "dataset", run_dir / "output")
@@ -111,6 +115,7 @@ class JobManager:
         launch.accelerate_config(opts)
         multinode.check(opts)
         check_args(launch.trainer_args(opts, Path("dataset"), Path("output"), resume=False))
+        opts = self._start_lora(opts)
         if opts.model == "demo":  # the studio's own demo model, wherever this projects folder is
             from ..engine.models import resolve_model
 
@@ -131,6 +136,17 @@ class JobManager:
         run = self.runs.update(run["id"], run_dir=str(self.run_dir(project, run["id"])))
         self.dispatch()
         return self.runs.get(run["id"])
+
+    def _start_lora(self, opts: TrainOptions) -> TrainOptions:
+        """The LoRA to start from: an adapter id becomes its file, which must fit the run."""
+        if not opts.lora_checkpoint.strip():
+            return opts
+        try:
+            ref = resolve_adapter(opts.lora_checkpoint, self.store.get_adapter)
+        except FileNotFoundError as exc:
+            raise ValueError(f"LoRA to start from: {exc}") from None
+        check_compatible(ref.path, opts.lora_rank, opts.lora_target_modules)
+        return dataclasses.replace(opts, lora_checkpoint=str(ref.path))
 
     def dispatch(self) -> list[int]:
         """Start queued runs, oldest first, whose devices no active run holds."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .accelerate_config import make_config
+from .args import DEFAULT_TARGETS
 
 
 @dataclass
@@ -21,6 +22,8 @@ class TrainOptions:
     save_steps: int | None = 10
     lora_rank: int = 32
     lora_alpha: float | None = None
+    lora_target_modules: str = DEFAULT_TARGETS
+    lora_checkpoint: str = ""       # start from this LoRA: a file, or a project adapter's id
     learning_rate: float = 1e-4
     weight_decay: float = 0.01
     max_pixels: int = 1024 * 1024
@@ -118,6 +121,10 @@ def trainer_args(opts: TrainOptions, dataset_dir: Path, output_dir: Path, resume
         args += ["--save_steps", str(opts.save_steps)]
     if opts.lora_alpha:
         args += ["--lora_alpha", str(opts.lora_alpha)]
+    if opts.lora_target_modules.replace(" ", "") != DEFAULT_TARGETS:
+        args += ["--lora_target_modules", opts.lora_target_modules.replace(" ", "")]
+    if opts.lora_checkpoint:
+        args += ["--lora_checkpoint", opts.lora_checkpoint]
     if opts.max_grad_norm:
         args += ["--max_grad_norm", str(opts.max_grad_norm)]
     if opts.use_gradient_checkpointing:

@@ -97,6 +97,28 @@ def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def check_compatible(path: str | Path, rank: int, targets: str) -> None:
+    """Refuse, before a run is queued, a LoRA to start from whose rank or modules differ from
+    the run's (load_into would fail only once the run starts). Reads shapes, not tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise LoraFormatError(f"{path}: LoRA file not found")
+    with safe_open(str(path), "pt") as f:
+        downs = {_canonical(k): k for k in f.keys() if ".lora_A." in _canonical(k)}
+        if not downs:
+            raise LoraFormatError(f"{path}: no lora_A/lora_B (or lora_down/lora_up) weights found")
+        ranks = {f.get_slice(k).get_shape()[0] for k in downs.values()}
+    if ranks != {rank}:
+        raise LoraFormatError(f"{path.name} has LoRA rank {'/'.join(map(str, sorted(ranks)))}; set "
+                              f"the LoRA rank to that to start from it (now {rank})")
+    wanted = [t.strip() for t in targets.split(",") if t.strip()]
+    modules = {k.split(".lora_A.")[0] for k in downs}
+    outside = sorted(m for m in modules if not any(m == t or m.endswith("." + t) for t in wanted))
+    if outside:
+        raise LoraFormatError(f"{path.name} has LoRA weights on modules the target modules leave "
+                              f"out, e.g. {outside[0]}; add them to the target modules")
+
+
 def load_into(transformer, path: str | Path, rank: int, alpha: float) -> int:
     """Copy a LoRA file into the model's adapter; every key must match a parameter."""
     state = read_lora(path)

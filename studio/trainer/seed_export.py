@@ -24,7 +24,6 @@ from ..engine.model_folder import inspect_model_folder
 from ..engine.npu.env import OPTIONAL_ENV, SET_ENV_CANDIDATES
 from ..store import Store
 from .accelerate_config import write_config
-from .args import DEFAULT_TARGETS
 from .launch import TrainOptions, accelerate_config, launch_env
 
 SCRIPT = "train_qwen_image_edit_lora.sh"
@@ -84,7 +83,8 @@ def train_arguments(opts: TrainOptions) -> list[str]:
             "--max_pixels", str(opts.max_pixels), "--dataset_repeat", str(opts.dataset_repeat),
             "--learning_rate", str(opts.learning_rate), "--num_epochs", str(opts.num_epochs),
             "--remove_prefix_in_ckpt", "pipe.dit.", "--lora_base_model", "dit",
-            "--lora_target_modules", DEFAULT_TARGETS, "--lora_rank", str(opts.lora_rank)]
+            "--lora_target_modules", opts.lora_target_modules.replace(" ", ""),
+            "--lora_rank", str(opts.lora_rank)]
     if opts.save_steps:
         args += ["--save_steps", str(opts.save_steps)]
     if opts.weight_decay != 0.01:  # DiffSynth's default; older checkouts lack the flag
@@ -207,6 +207,9 @@ def render_readme(opts: TrainOptions, model_dir: Path, project: str, notes: list
     ]
     if opts.lora_alpha and opts.lora_alpha != opts.lora_rank:
         notes = [*notes, f"LoRA alpha {opts.lora_alpha} was not exported: train.py uses alpha = rank."]
+    if opts.lora_checkpoint:
+        notes = [*notes, f"The LoRA to start from ({opts.lora_checkpoint}) was not exported: copy "
+                         f"its file to the cluster and add --lora_checkpoint FILE to the script."]
     if opts.max_steps:
         notes = [*notes, f"max_steps {opts.max_steps} was not exported: train.py counts epochs "
                          f"({opts.num_epochs})."]

@@ -9,6 +9,7 @@ import pandas as pd
 from ..trainer.jobs import JobManager
 from ..trainer.launch import PRESETS, TrainOptions
 from . import seed_panel
+from .common import adapter_choices
 
 # Form fields by accordion, (TrainOptions field, factory(value)); FIELDS is the order of the
 # event inputs.
@@ -19,6 +20,11 @@ TRAINER_FIELDS = [
                                        info="0 = each epoch")),
     ("lora_rank", lambda v: gr.Number(v, label="LoRA rank", precision=0, info="the seed uses 32")),
     ("lora_alpha", lambda v: gr.Number(v, label="LoRA alpha", info="0 = same as rank")),
+    ("lora_target_modules", lambda v: gr.Textbox(v, label="LoRA target modules",
+                                                 info="comma-separated; the seed's by default")),
+    ("lora_checkpoint", lambda v: gr.Dropdown([], value=v or None, allow_custom_value=True,
+                                              label="Start from LoRA", elem_id="train-init-lora",
+                                              info="a project adapter or a LoRA file; empty = new")),
     ("learning_rate", lambda v: gr.Number(v, label="Learning rate", info="AdamW, the seed uses 1e-4")),
     ("weight_decay", lambda v: gr.Number(v, label="Weight decay")),
     ("max_pixels", lambda v: gr.Number(v, label="Max pixels", precision=0,
@@ -76,6 +82,8 @@ def options_from(model: str, env_text: str, values) -> TrainOptions:
     for (name, _), value in zip(FIELDS, values):
         if name in ZERO_IS_UNSET:
             value = value or None
+        if value is None and isinstance(data[name], str):  # an emptied text or dropdown
+            value = ""
         if isinstance(value, float) and name not in FLOATS:
             value = int(value)
         data[name] = value
@@ -168,7 +176,10 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
                 for r in reversed(jobs.runs.list(project_name))]
 
     def on_preview(project_name, model, env_text, *values):
-        preview = jobs.preview(options_from(model, env_text, values))
+        try:
+            preview = jobs.preview(options_from(model, env_text, values))
+        except (ValueError, KeyError) as exc:
+            raise gr.Error(str(exc.args[0] if isinstance(exc, KeyError) else exc))
         config = json.dumps(preview["accelerate_config"], indent=2)
         return f"```bash\n{preview['shell']}\n```\naccelerate config:\n```json\n{config}\n```"
 
@@ -232,10 +243,13 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
     run_pick.change(on_refresh, run_pick, outputs, api_name="train_status")
     timer.tick(on_refresh, run_pick, outputs, api_name=False, show_progress="hidden")
 
-    def on_project(project_name):
-        # Only the run list: opening the tab must not reset a form being filled in.
-        runs = runs_of(project_name)
-        return gr.Dropdown(choices=runs, value=runs[0][1] if runs else None)
+    init_lora = fields[[name for name, _ in FIELDS].index("lora_checkpoint")]
 
-    project.change(on_project, project, run_pick, api_name=False)
-    return on_project, project, [run_pick]
+    def on_project(project_name):
+        # Only the lists: opening the tab must not reset a form being filled in.
+        runs = runs_of(project_name)
+        return (gr.Dropdown(choices=runs, value=runs[0][1] if runs else None),
+                gr.Dropdown(choices=adapter_choices(store, project_name)))
+
+    project.change(on_project, project, [run_pick, init_lora], api_name=False)
+    return on_project, project, [run_pick, init_lora]
