@@ -1,4 +1,4 @@
-"""`edit`: one edit from the command line, with a progress bar."""
+"""`edit` and `edit-batch`: edits from the command line, with a progress bar."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,10 +6,11 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from ..engine.adapters import resolve_adapter
+from ..engine.batch import BatchItem, edit_batch, folder_items
 from ..engine.editor import Editor
 from ..engine.models import resolve_model
 from ..paths import projects_dir
-from ..engine.adapters import resolve_adapter
 from ..store import Store
 
 
@@ -65,6 +66,22 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output image file")
     p.set_defaults(handler=run)
 
+    b = sub.add_parser("edit-batch", help="edit every image of a folder, or a project's pairs")
+    add_model_options(b)
+    source = b.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input-dir", help="a folder of images; a <name>.txt beside an image "
+                                            "holds its own instruction")
+    source.add_argument("--project", help="a project's pairs, each with its instruction")
+    b.add_argument("--split", choices=["train", "validation"], default=None,
+                   help="with --project: only this split")
+    b.add_argument("--prompt", default=None, help="instruction for images without a .txt")
+    add_sampler_options(b)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--adapter", action="append", default=[], metavar="ID|FILE[:STRENGTH]")
+    b.add_argument("--out-dir", required=True, help="outputs <name>.png and index.jsonl")
+    b.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    b.set_defaults(handler=run_batch)
+
 
 def make_editor(args) -> Editor:
     model = resolve_model(args.model, projects_dir(args.projects_dir))
@@ -91,3 +108,34 @@ def run(args) -> int:
     result.image.save(out)
     print(f"wrote {out} ({result.image.width}x{result.image.height}, {result.seconds:.1f}s)")
     return 0
+
+
+def project_items(args) -> list[BatchItem]:
+    store = Store(projects_dir(args.projects_dir))
+    pairs = store.pairs
+    return [BatchItem(p["sample_id"], [pairs.path(args.project, r)
+                                       for r in [p["source_path"], *p["extra_sources"]]],
+                      p["instruction"] or "", pairs.path(args.project, p["target_path"]))
+            for p in pairs.iterate(args.project, split=args.split)]
+
+
+def run_batch(args) -> int:
+    if args.project:
+        items, problems = project_items(args), []
+    else:
+        items, problems = folder_items(args.input_dir, args.prompt)
+    if not items:
+        raise ValueError("nothing to edit" + (f": {problems[0][1]}" if problems else ""))
+    adapters = resolve_adapters(args, args.adapter)
+    editor = make_editor(args)
+    with tqdm(total=len(items), desc="editing", unit="image") as bar:
+        report = edit_batch(editor, items, args.out_dir, overwrite=args.overwrite,
+                            progress=lambda done, total: bar.update(done - bar.n),
+                            negative_prompt=args.negative, seed=args.seed, steps=args.steps,
+                            true_cfg_scale=args.cfg, size=parse_size(args.size), adapters=adapters)
+    errors = problems + report.errors
+    for name, reason in errors:
+        print(f"skipped {name}: {reason}")
+    print(f"wrote {len(report.written)} edit(s) to {args.out_dir} in {report.seconds:.1f}s"
+          f" ({report.skipped} already there, {len(errors)} failed)")
+    return 1 if errors else 0
