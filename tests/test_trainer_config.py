@@ -95,3 +95,18 @@ def test_gradient_clipping_reaches_the_trainer_or_deepspeed():
     ds = lambda opts: accelerate_config(opts)["deepspeed_config"]["gradient_clipping"]  # noqa: E731
     assert ds(TrainOptions(**zero2)) == 1.0  # the seed's
     assert ds(TrainOptions(**zero2, max_grad_norm=0.5)) == 0.5
+
+
+def test_lr_schedule_options_reach_the_trainer_and_a_misfit_is_refused(jobs, demo_model):
+    from studio.cli import build_parser
+    from studio.cli.train import options
+    from studio.trainer.launch import TrainOptions, trainer_args
+
+    cli = build_parser().parse_args(["train", "--project", "p", "--lr-scheduler", "cosine",
+                                     "--lr-warmup-steps", "50"])
+    args = parse_args(trainer_args(options(cli), "d", "o", resume=False))
+    assert (args.lr_scheduler, args.lr_warmup_steps) == ("cosine", 50)
+    assert "--lr_scheduler" not in trainer_args(TrainOptions(), "d", "o", resume=False)
+    bad = {**TrainOptions().as_dict(), "model": str(demo_model), "lr_warmup_steps": 5}
+    with pytest.raises(ValueError, match="has no warm-up"):
+        jobs.submit("p", TrainOptions.from_dict(bad))

@@ -229,3 +229,19 @@ def test_two_processes_share_the_encoding_and_fill_the_same_cache(demo_model, da
     for name in alone:
         a, b = load_file(alone[name]), load_file(shared[name])
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_cosine_schedule_with_warm_up(demo_model, dataset, tmp_path):
+    import math
+
+    run_trainer(demo_model, dataset, tmp_path / "cos", "--max_steps", 6, "--lr_scheduler", "cosine",
+                "--lr_warmup_steps", 2)
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "cos")]
+    # By hand: linear warm-up over 2 steps, then half a cosine over the remaining 4.
+    expected = [0, 0.5] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    assert lrs == pytest.approx([1e-3 * f for f in expected])
+
+
+def test_a_warm_up_needs_a_schedule_that_has_one(demo_model, dataset, tmp_path):
+    proc = run_trainer(demo_model, dataset, tmp_path / "bad", "--lr_warmup_steps", 3, check=False)
+    assert proc.returncode == 2 and "has no warm-up" in proc.stderr

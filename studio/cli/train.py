@@ -16,6 +16,7 @@ OPTION_FLAGS = {
     "--max-steps": ("max_steps", int), "--save-steps": ("save_steps", int),
     "--num-epochs": ("num_epochs", int), "--lora-rank": ("lora_rank", int),
     "--lora-alpha": ("lora_alpha", float), "--learning-rate": ("learning_rate", float),
+    "--lr-scheduler": ("lr_scheduler", str), "--lr-warmup-steps": ("lr_warmup_steps", int),
     "--weight-decay": ("weight_decay", float), "--max-grad-norm": ("max_grad_norm", float), "--max-pixels": ("max_pixels", int),
     "--dataset-repeat": ("dataset_repeat", int), "--seed": ("seed", int),
     "--gradient-accumulation-steps": ("gradient_accumulation_steps", int),
@@ -33,6 +34,7 @@ OPTION_FLAGS = {
 HELP = {"--sample-steps": "sample edits of the validation pairs every N steps "
                           "(default: at each checkpoint; 0: never)",
         "--max-samples": "validation pairs sampled (default 4)",
+        "--lr-scheduler": "reference (DiffSynth's), constant, constant_with_warmup, linear, cosine",
         "--init-lora": "start from this LoRA: an adapter id (adapters list) or a file",
         "--lora-targets": "comma-separated LoRA target modules (default: the seed's)",
         "--max-grad-norm": "clip the gradient norm (default: off; ZeRO-2 runs clip at 1.0)",

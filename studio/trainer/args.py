@@ -19,6 +19,9 @@ class _RaisingParser(argparse.ArgumentParser):
         raise ValueError(message)
 
 
+LR_SCHEDULERS = ("reference", "constant", "constant_with_warmup", "linear", "cosine")
+
+
 def build_parser(cls: type[argparse.ArgumentParser] = argparse.ArgumentParser):
     p = cls(
         prog="python -m studio.trainer",
@@ -37,6 +40,11 @@ def build_parser(cls: type[argparse.ArgumentParser] = argparse.ArgumentParser):
     p.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--learning_rate", type=float, default=1e-4)
     p.add_argument("--weight_decay", type=float, default=0.01)
+    p.add_argument("--lr_scheduler", default="reference", choices=LR_SCHEDULERS,
+                   help="reference: DiffSynth's (lr/3 for 5 steps, then constant); the others "
+                        "are diffusers' get_scheduler over the run's steps")
+    p.add_argument("--lr_warmup_steps", type=int, default=0,
+                   help="linear warm-up steps (not with 'reference' or 'constant')")
     p.add_argument("--gradient_accumulation_steps", type=int, default=1)
     p.add_argument("--max_grad_norm", type=float, default=None,
                    help="clip the gradient norm (off by default, as in the reference; DeepSpeed "
@@ -107,6 +115,11 @@ def parse_args(argv: list[str] | None = None,
         parser.error("--sample_steps must be 0 (never) or more")
     if args.sample_inference_steps < 2:  # the Qwen schedule divides by steps - 1
         parser.error("--sample_inference_steps must be at least 2")
+    if args.lr_warmup_steps < 0:
+        parser.error("--lr_warmup_steps must be 0 or more")
+    if args.lr_warmup_steps and args.lr_scheduler in ("reference", "constant"):
+        parser.error(f"--lr_scheduler {args.lr_scheduler} has no warm-up; pick "
+                     f"constant_with_warmup, linear or cosine")
     if args.max_samples < 0:
         parser.error("--max_samples must be 0 or more")
     return args

@@ -26,6 +26,8 @@ class TrainOptions:
     lora_checkpoint: str = ""       # start from this LoRA: a file, or a project adapter's id
     learning_rate: float = 1e-4
     weight_decay: float = 0.01
+    lr_scheduler: str = "reference"  # DiffSynth's; or diffusers' constant/…/linear/cosine
+    lr_warmup_steps: int = 0
     max_pixels: int = 1024 * 1024
     dataset_repeat: int = 1
     gradient_accumulation_steps: int = 1
@@ -127,6 +129,8 @@ def trainer_args(opts: TrainOptions, dataset_dir: Path, output_dir: Path, resume
         args += ["--lora_checkpoint", opts.lora_checkpoint]
     if opts.max_grad_norm:
         args += ["--max_grad_norm", str(opts.max_grad_norm)]
+    if opts.lr_scheduler != "reference" or opts.lr_warmup_steps:
+        args += ["--lr_scheduler", opts.lr_scheduler, "--lr_warmup_steps", str(opts.lr_warmup_steps)]
     if opts.use_gradient_checkpointing:
         args.append("--use_gradient_checkpointing")
     if opts.sample_steps is not None:

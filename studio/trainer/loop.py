@@ -134,6 +134,16 @@ def _encoded_source(args, pairs, info, device, dtype, stop: StopFlag):
     return lambda i: cache.load(keys[i])
 
 
+def _lr_scheduler(args, optimizer, total: int):
+    if args.lr_scheduler == "reference":
+        # DiffSynth's: ConstantLR with torch's defaults (lr x 1/3 for the first 5 steps).
+        return torch.optim.lr_scheduler.ConstantLR(optimizer)
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
+                         num_training_steps=total)
+
+
 def _oom_message(args) -> str:
     return ("out of memory. Try, in this order: a lower --max_pixels (now %d; MindSpeed-MM uses "
             "262144), --use_gradient_checkpointing, --no-edit_image_auto_resize, a lower "
@@ -207,10 +217,11 @@ def train(args) -> int:
         log.info("torch.compile (%s): %d blocks", args.compile_transformer,
                  compile_transformer(transformer, args.compile_transformer))
 
+    order = DataOrder(len(pairs), args.dataset_repeat, args.seed, world, gas)
+    total = order.total_steps(args.num_epochs, args.max_steps)
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
-    # The reference's scheduler: ConstantLR with torch's defaults (lr x 1/3 for 5 steps),
-    # stepped once per optimizer step here on every rank alike.
-    lr_sched = torch.optim.lr_scheduler.ConstantLR(optimizer)
+    # Stepped once per optimizer step, on every rank alike.
+    lr_sched = _lr_scheduler(args, optimizer, total)
     if deepspeed:
         ds = accelerator.state.deepspeed_plugin.deepspeed_config
         ds["train_micro_batch_size_per_gpu"] = 1  # one sample per device per step
@@ -219,8 +230,6 @@ def train(args) -> int:
     model, optimizer_w = accelerator.prepare(transformer, optimizer)
     engine = model if deepspeed else None
 
-    order = DataOrder(len(pairs), args.dataset_repeat, args.seed, world, gas)
-    total = order.total_steps(args.num_epochs, args.max_steps)
     ckpt_info = {"lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "seed": args.seed,
                  "global_batch": order.global_batch, "total_steps": total}
     start, prior_elapsed = 0, 0.0

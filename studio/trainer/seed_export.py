@@ -207,6 +207,9 @@ def render_readme(opts: TrainOptions, model_dir: Path, project: str, notes: list
     ]
     if opts.lora_alpha and opts.lora_alpha != opts.lora_rank:
         notes = [*notes, f"LoRA alpha {opts.lora_alpha} was not exported: train.py uses alpha = rank."]
+    if opts.lr_scheduler != "reference" or opts.lr_warmup_steps:
+        notes = [*notes, f"LR schedule {opts.lr_scheduler} ({opts.lr_warmup_steps} warm-up steps) "
+                         f"was not exported: train.py has its own fixed schedule."]
     if opts.lora_checkpoint:
         notes = [*notes, f"The LoRA to start from ({opts.lora_checkpoint}) was not exported: copy "
                          f"its file to the cluster and add --lora_checkpoint FILE to the script."]

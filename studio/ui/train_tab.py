@@ -6,6 +6,7 @@ import json
 import gradio as gr
 import pandas as pd
 
+from ..trainer.args import LR_SCHEDULERS
 from ..trainer.jobs import JobManager
 from ..trainer.launch import PRESETS, TrainOptions
 from . import seed_panel
@@ -26,6 +27,10 @@ TRAINER_FIELDS = [
                                               label="Start from LoRA", elem_id="train-init-lora",
                                               info="a project adapter or a LoRA file; empty = new")),
     ("learning_rate", lambda v: gr.Number(v, label="Learning rate", info="AdamW, the seed uses 1e-4")),
+    ("lr_scheduler", lambda v: gr.Dropdown(list(LR_SCHEDULERS), value=v, label="LR schedule",
+                                           info="reference: lr/3 for 5 steps, then constant")),
+    ("lr_warmup_steps", lambda v: gr.Number(v, label="Warm-up steps", precision=0,
+                                            info="with constant_with_warmup, linear, cosine")),
     ("weight_decay", lambda v: gr.Number(v, label="Weight decay")),
     ("max_pixels", lambda v: gr.Number(v, label="Max pixels", precision=0,
                                        info="target area; 1048576 = 1 MP, MindSpeed uses 262144")),
