@@ -115,9 +115,9 @@ def test_two_process_deepspeed_zero2_matches_one_process(baseline, demo_model, d
     assert (out / "resume" / "deepspeed").is_dir()
 
 
-def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(baseline, demo_model, dataset, tmp_path):
-    out = tmp_path / "stopped"
-    proc = subprocess.Popen(trainer_cmd(demo_model, dataset, out, *BASE_ARGS), cwd=ROOT, env=env(),
+def stop_after_first_step(demo_model, dataset, out, *args, steps=STEPS) -> tuple[int, str]:
+    """Run the trainer, SIGTERM it once a step is logged; returns (saved step, stderr)."""
+    proc = subprocess.Popen(trainer_cmd(demo_model, dataset, out, *args), cwd=ROOT, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
@@ -129,7 +129,13 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(baseline, demo_mo
     stderr = proc.communicate(timeout=120)[1]
     assert proc.returncode == 0, stderr[-3000:]
     stopped_at = json.loads((out / "resume" / "state.json").read_text())["step"]
-    assert 1 <= stopped_at < STEPS, "the signal came too late to test a resume"
+    assert 1 <= stopped_at < steps, "the signal came too late to test a resume"
+    return stopped_at, stderr
+
+
+def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(baseline, demo_model, dataset, tmp_path):
+    out = tmp_path / "stopped"
+    stopped_at, stderr = stop_after_first_step(demo_model, dataset, out, *BASE_ARGS)
     assert "stopped by SIGTERM" in stderr
     assert (out / f"step-{stopped_at:06d}.safetensors").is_file()
 
@@ -240,6 +246,14 @@ def test_cosine_schedule_with_warm_up(demo_model, dataset, tmp_path):
     # By hand: linear warm-up over 2 steps, then half a cosine over the remaining 4.
     expected = [0, 0.5] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
     assert lrs == pytest.approx([1e-3 * f for f in expected])
+
+    # Stopped and resumed, the schedule goes on where it was: the same lrs, the same LoRA.
+    args = ["--max_steps", 6, "--lr_scheduler", "cosine", "--lr_warmup_steps", 2]
+    stop_after_first_step(demo_model, dataset, tmp_path / "stopped", *args, steps=6)
+    run_trainer(demo_model, dataset, tmp_path / "stopped", *args, "--resume")
+    assert [r["lr"] for r in read_metrics(tmp_path / "stopped")] == pytest.approx(lrs)
+    a, b = lora(tmp_path / "stopped" / "final.safetensors"), lora(tmp_path / "cos" / "final.safetensors")
+    assert max_diff(a, b) <= 1e-6 * max_abs(b)
 
 
 def test_a_warm_up_needs_a_schedule_that_has_one(demo_model, dataset, tmp_path):

@@ -98,4 +98,7 @@ def restore(output: Path, transformer, optimizer, lr_sched, deepspeed_engine=Non
         saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
         optimizer.load_state_dict(saved["optimizer"])
         lr_sched.load_state_dict(saved["lr_scheduler"])
+    # The next step uses the scheduler's last lr, whatever lr the optimizer state carried.
+    for group, lr in zip(lr_sched.optimizer.param_groups, lr_sched.get_last_lr()):
+        group["lr"] = lr
     return state
