@@ -123,6 +123,14 @@ class Pairs:
                                  status_of(issues), now(), pair_id])
         return self.require(project, pair_id)
 
+    def set_instructions(self, updates: Iterable[tuple[int, str, list[dict[str, str]]]]) -> None:
+        """(pair id, instruction, its re-checked issues) for many pairs in one transaction."""
+        with self._lock, self.db.atomic():
+            self.db.conn.executemany(
+                "UPDATE pairs SET instruction = ?, issues = ?, status = ?, updated_at = ? WHERE id = ?",
+                [(text, json.dumps(issues, ensure_ascii=False), status_of(issues), now(), pair_id)
+                 for pair_id, text, issues in updates])
+
     def set_issues(self, updates: Iterable[tuple[int, list[dict[str, str]]]]) -> None:
         with self._lock, self.db.atomic():
             self.db.conn.executemany(
@@ -231,9 +239,11 @@ class Pairs:
             raise KeyError(f"project {project!r} has no pair with id {pair_id}")
         return pair
 
-    def iterate(self, project: str, batch: int = 1000, split: str | None = None) -> Iterator[dict[str, Any]]:
-        """Every pair, in id order, read in keyset batches (constant memory)."""
-        where, params = self._where(self.project_id(project), None, split, None)
+    def iterate(self, project: str, batch: int = 1000, split: str | None = None,
+                search: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every pair (or those page() would find), in id order, read in keyset batches
+        (constant memory)."""
+        where, params = self._where(self.project_id(project), search, split, None)
         last = 0
         while True:
             with self._lock:

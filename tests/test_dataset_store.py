@@ -90,3 +90,26 @@ def test_cli_import_list_samples_and_export(store, tmp_path, capsys):
     assert main(root + ["export", "--project", "p", "--out", str(tmp_path / "out"), "--format", "musubi"]) == 0
     assert (tmp_path / "out" / "metadata.jsonl").is_file()
     assert main(root + ["import", "--project", "nope", "--pairs", str(folder)]) == 2
+
+
+def test_rewriting_many_instructions_at_once(store, capsys):
+    from studio.dataset.instructions import Rewrite, rewrite_instructions
+
+    rows, _ = store.pairs.add("p", fake_rows(12))  # instructions 'instruction N cat|dog'
+    root = ["--projects-dir", str(store.root), "dataset", "instructions", "--project", "p"]
+    assert main([*root, "--prefix", "sks, ", "--search", "cat", "--dry-run"]) == 0
+    assert "2 instruction(s) would change" in capsys.readouterr().out  # s0 and s10
+    assert store.pairs.get("p", rows[0]["id"])["instruction"] == "instruction 0 cat"
+
+    assert main([*root, "--prefix", "sks, ", "--search", "cat"]) == 0
+    assert main([*root, "--prefix", "sks, ", "--search", "cat"]) == 0  # a prefix goes on once
+    assert "0 instruction(s) changed" in capsys.readouterr().out
+    assert store.pairs.get("p", rows[10]["id"])["instruction"] == "sks, instruction 10 cat"
+    assert store.pairs.get("p", rows[1]["id"])["instruction"] == "instruction 1 dog"
+
+    # Replacing down to nothing makes the pair an error, as editing it by hand would.
+    changes = rewrite_instructions(store, "p", Rewrite(find="instruction 3 dog", replace=""))
+    assert changes == [("s3", "instruction 3 dog", "")]
+    assert store.pairs.get("p", rows[3]["id"])["status"] == "error"
+    with pytest.raises(ValueError, match="nothing to change"):
+        Rewrite()

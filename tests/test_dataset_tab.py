@@ -54,6 +54,16 @@ def test_samples_one_pair_and_a_zip_through_the_tab(served, tmp_path):
     _, table, info, _ = client.predict("default", "moon", api_name="/dataset_page")
     assert [row[4] for row in table["data"]] == ["add a moon"] and "1 matching" in info
 
+    # A trigger word on the pairs the search finds: previewed first, then applied.
+    preview, *_ = client.predict("default", "sks, ", "", "", "", "moon", 1,
+                                 api_name="/dataset_rewrite_preview")
+    assert "1 instruction(s) would change" in preview and "'sks, add a moon'" in preview
+    # Nothing written yet.
+    assert [r["instruction"] for r in store.pairs.page("default", search="moon")] == ["add a moon"]
+    done, _, table, _, _ = client.predict("default", "sks, ", "", "", "", "moon", 1,
+                                          api_name="/dataset_rewrite")
+    assert "1 instruction(s) changed" in done and [row[4] for row in table["data"]] == ["sks, add a moon"]
+
 
 def test_bad_upload_is_reported_and_export_writes_the_seed_layout(served, tmp_path):
     client, store = served

@@ -8,6 +8,7 @@ from tqdm import tqdm
 from ..dataset import importers
 from ..dataset.checks import DEFAULT_MAX_PIXELS
 from ..dataset.export import FORMATS, export_dataset
+from ..dataset.instructions import Rewrite, rewrite_instructions
 from ..dataset.samples import add_sample_pairs
 from ..dataset.validate import validate_project
 from .project import open_store
@@ -61,6 +62,15 @@ def register(sub) -> None:
     smp.add_argument("--project", required=True)
     smp.add_argument("--count", type=int, default=8)
     smp.set_defaults(handler=run_samples)
+
+    ins = verbs.add_parser("instructions", help="rewrite many instructions: prefix, suffix, replace")
+    ins.add_argument("--project", required=True)
+    ins.add_argument("--prefix", default="", help='put in front, once (e.g. "sks style, ")')
+    ins.add_argument("--suffix", default="", help="put at the end, once")
+    ins.add_argument("--replace", nargs=2, metavar=("OLD", "NEW"), default=("", ""))
+    ins.add_argument("--search", default=None, help="only instructions containing this text")
+    ins.add_argument("--dry-run", action="store_true", help="show what would change")
+    ins.set_defaults(handler=run_instructions)
 
 
 def add_max_pixels(p) -> None:
@@ -171,4 +181,15 @@ def run_samples(args) -> int:
     report = add_sample_pairs(store, args.project, args.count)
     for line in report.lines():
         print(line)
+    return 0
+
+
+def run_instructions(args) -> int:
+    rewrite = Rewrite(args.prefix, args.suffix, *args.replace)
+    changes = rewrite_instructions(open_store(args), args.project, rewrite, args.search, args.dry_run)
+    for sample_id, old, new in changes[:20]:
+        print(f"{sample_id}: {old!r} -> {new!r}")
+    if len(changes) > 20:
+        print(f"… and {len(changes) - 20} more")
+    print(f"{len(changes)} instruction(s) {'would change' if args.dry_run else 'changed'}")
     return 0

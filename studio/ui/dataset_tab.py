@@ -10,6 +10,7 @@ from PIL import Image
 
 from ..dataset import importers
 from ..dataset.export import FORMATS, export_dataset
+from ..dataset.instructions import Rewrite, rewrite_instructions
 from ..dataset.samples import add_sample_pairs
 from ..dataset.validate import validate_project
 from ..store import Store
@@ -123,6 +124,17 @@ def build(store: Store, project: gr.Dropdown) -> None:
                 delete = gr.Button("Delete pair", variant="stop", elem_id="ds-delete")
             chosen_info = gr.Markdown(elem_id="ds-selected-info")
 
+    with gr.Accordion("Rewrite instructions (all pairs, or those the search finds)", open=False):
+        with gr.Row():
+            prefix = gr.Textbox(label="Prefix", placeholder='e.g. "sks style, " (added once)')
+            suffix = gr.Textbox(label="Suffix")
+            find = gr.Textbox(label="Replace this text")
+            replace = gr.Textbox(label="with")
+        with gr.Row():
+            preview_rewrite = gr.Button("Preview")
+            apply_rewrite = gr.Button("Apply", variant="primary", elem_id="ds-rewrite")
+        rewrite_result = gr.Markdown(elem_id="ds-rewrite-result")
+
     # -- export -------------------------------------------------------------
     with gr.Accordion("Export", open=False):
         with gr.Row():
@@ -211,6 +223,21 @@ def build(store: Store, project: gr.Dropdown) -> None:
         pairs.delete(name, [pair_id])
         return None, None, None, "", "Deleted.", *show_page(name, text_search, number)
 
+    def on_rewrite(dry_run):
+        def handler(name, pre, suf, old, new, text_search, number):
+            name = need(name)
+            try:
+                changes = rewrite_instructions(store, name, Rewrite(pre or "", suf or "", old or "",
+                                                                    new or ""),
+                                               text_search, dry_run=dry_run)
+            except ValueError as exc:
+                raise gr.Error(str(exc))
+            verb = "would change" if dry_run else "changed"
+            lines = [f"**{len(changes)} instruction(s) {verb}**"]
+            lines += [f"- `{sid}`: {old_text!r} → {new_text!r}" for sid, old_text, new_text in changes[:10]]
+            return "\n".join(lines), *show_page(name, text_search, number)
+        return handler
+
     def on_export(name, chosen, folder, overwrite, progress=gr.Progress()):
         name = need(name)
         if not (folder or "").strip():
@@ -247,4 +274,9 @@ def build(store: Store, project: gr.Dropdown) -> None:
     delete.click(on_delete, [project, selected, search, page],
                  [selected, chosen_source, chosen_target, chosen_text, chosen_info, *browse_outputs],
                  api_name=False)
+    rewrite_inputs = [project, prefix, suffix, find, replace, search, page]
+    preview_rewrite.click(on_rewrite(True), rewrite_inputs, [rewrite_result, *browse_outputs],
+                          api_name="dataset_rewrite_preview")
+    apply_rewrite.click(on_rewrite(False), rewrite_inputs, [rewrite_result, *browse_outputs],
+                        api_name="dataset_rewrite")
     export_button.click(on_export, [project, fmt, out_dir, force], [export_result], api_name="dataset_export")
