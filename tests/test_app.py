@@ -102,13 +102,13 @@ def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model):
     deadline = time.monotonic() + 240
     steps_seen = set()
     while time.monotonic() < deadline:
-        bar, status, curve, log, gallery = client.predict(run_id, api_name="/train_status")
+        bar, status, curve, log, gallery, files = client.predict(run_id, api_name="/train_status")
         steps_seen.add(int(bar.split('data-step="')[1].split('"')[0]))
         if "**finished**" in status or "**failed**" in status:
             break
         time.sleep(1)
     assert "**finished**" in status, status
-    assert "step 4/4" in status and "loss" in status
+    assert "step 4/4" in status and "loss" in status and "peak memory" in status
     assert max(steps_seen) == 4
     series = curve["columns"].index("series")
     assert sorted(row[series] for row in curve["data"]) == ["per step"] * 4 + ["smoothed"] * 4
@@ -119,6 +119,9 @@ def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model):
                                                      ["output", "step 4"]], captions
     steps = sorted(a["step"] for a in store.list_adapters("trainee"))
     assert steps == [2, 4]
+    # Each LoRA file can be downloaded from the browser.
+    assert sorted(Path(f).name for f in files) == ["final.safetensors", "step-000002.safetensors",
+                                                   "step-000004.safetensors"]
 
     # The next run can start from one of them, picked by id as the dropdown gives it.
     last = max(store.list_adapters("trainee"), key=lambda a: a["step"])

@@ -38,8 +38,9 @@ def read_metrics(out):
 def test_outputs_metrics_log_and_checkpoints(baseline):
     rows = read_metrics(baseline)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
-    for key in ("epoch", "loss", "lr", "samples_per_s", "elapsed", "eta"):
+    for key in ("epoch", "loss", "lr", "samples_per_s", "elapsed", "eta", "peak_mem_gb"):
         assert all(key in r for r in rows), key
+    assert 0.1 < rows[-1]["peak_mem_gb"] < 8  # this process's peak RSS on the CPU
     assert rows[-1]["epoch"] == pytest.approx(STEPS * 2 / 4)   # 2 samples/step, 4 pairs
     assert rows[-1]["eta"] == 0 and rows[0]["eta"] > 0
     assert rows[0]["lr"] == pytest.approx(1e-3 / 3) and rows[-1]["lr"] == pytest.approx(1e-3)

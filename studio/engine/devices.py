@@ -27,3 +27,14 @@ def pick_dtype(device: str, requested: str | None = None) -> torch.dtype:
             raise ValueError(f"unknown dtype {requested!r}; choose one of {', '.join(DTYPES)}")
         return DTYPES[requested]
     return torch.float32 if device.split(":")[0] == "cpu" else torch.bfloat16
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """This process's peak memory on `device`: the allocator's peak on CUDA/NPU, peak RSS on
+    the CPU (what decides whether a run fits)."""
+    backend = getattr(torch, device.type, None) if device.type in ("cuda", "npu") else None
+    if backend is not None:
+        return backend.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux

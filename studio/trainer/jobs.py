@@ -387,7 +387,10 @@ class JobManager:
         return {"run": run, "step": last.get("step", 0), "total": total,
                 "loss": last.get("loss"), "lr": last.get("lr"),
                 "samples_per_s": last.get("samples_per_s"), "eta_s": last.get("eta"),
+                "peak_mem_gb": last.get("peak_mem_gb"),
                 "metrics": metrics, "log": tail(folder / "train.log"),
                 "loss_smoothed": smoothed([float(m["loss"]) for m in metrics]),
                 # Sample edits of the validation pairs, latest checkpoint first.
-                "samples": list_samples(folder / "output")}
+                "samples": list_samples(folder / "output"),
+                "lora_files": sorted((folder / "output").glob("*.safetensors"),
+                                     key=lambda p: p.stat().st_mtime, reverse=True)}

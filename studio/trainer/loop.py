@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from studio.engine.devices import peak_memory_gb
+
 from . import checkpoint, dist, sample_render
 from .args import parse_args
 from .cache import EncodedCache, PairEncoder, model_fingerprint
@@ -288,7 +290,8 @@ def train(args) -> int:
                 "loss": mean_loss,
                 "lr": lr, "samples_per_s": order.global_batch / max(now - t0, 1e-9),
                 "elapsed": prior_elapsed + elapsed,
-                "eta": elapsed / (done - start) * (total - done)})
+                "eta": elapsed / (done - start) * (total - done),
+                "peak_mem_gb": round(peak_memory_gb(device), 3)})
         stopping = dist.any_true(bool(stop))
         epoch_end = math.floor(done / steps_per_epoch) > math.floor(step / steps_per_epoch)
         due = (done % args.save_steps == 0) if args.save_steps else epoch_end

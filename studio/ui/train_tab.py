@@ -171,6 +171,9 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
             log = gr.Textbox(label="Last log lines", lines=12, max_lines=20, autoscroll=True)
             gallery = gr.Gallery(label="Sample edits at the latest checkpoint (source | target | "
                                        "output)", columns=3, height="auto", elem_id="train-samples")
+            files = gr.File(label="LoRA files of this run (newest first; ComfyUI, diffusers and "
+                                  "DiffSynth load them)", file_count="multiple", interactive=False,
+                            elem_id="train-files")
     timer = gr.Timer(2.0)
 
     def runs_of(project_name):
@@ -199,16 +202,18 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
 
     def on_refresh(run_id):
         if not run_id:
-            return progress_html(0, None), "No run selected.", None, "", []
+            return progress_html(0, None), "No run selected.", None, "", [], None
         try:
             snap = jobs.snapshot(int(run_id))
         except KeyError:
-            return progress_html(0, None), "This run was deleted.", None, "", []
+            return progress_html(0, None), "This run was deleted.", None, "", [], None
         run = snap["run"]
         parts = [f"**{run['status']}**", f"step {snap['step']}/{snap['total'] or '?'}"]
         if snap["loss"] is not None:
             parts += [f"loss {snap['loss']:.4f}", f"lr {snap['lr']:.2e}",
                       f"{snap['samples_per_s']:.2f} samples/s", f"ETA {snap['eta_s']:.0f}s"]
+            if snap["peak_mem_gb"] is not None:
+                parts.append(f"peak memory {snap['peak_mem_gb']:.1f} GB")
         text = " · ".join(parts)
         if run["error"]:
             text += f"\n\n```\n{run['error']}\n```"
@@ -219,7 +224,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
             "loss": [float(m["loss"]) for m in snap["metrics"]] + snap["loss_smoothed"],
             "series": ["per step"] * len(steps) + ["smoothed"] * len(steps)})
         return (progress_html(snap["step"], snap["total"]), text, frame, "\n".join(snap["log"]),
-                sample_gallery(snap["samples"]))
+                sample_gallery(snap["samples"]), [str(p) for p in snap["lora_files"]] or None)
 
     def control(action):
         def handler(project_name, run_id):
@@ -244,7 +249,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
     start.click(on_start, [project, model, name, env_text, *fields], run_pick, api_name="train_start")
     for action, button in (("stop", stop), ("resume", resume), ("delete", delete)):
         button.click(control(action), [project, run_pick], run_pick, api_name=f"train_{action}")
-    outputs = [bar, status, curve, log, gallery]
+    outputs = [bar, status, curve, log, gallery, files]
     run_pick.change(on_refresh, run_pick, outputs, api_name="train_status")
     timer.tick(on_refresh, run_pick, outputs, api_name=False, show_progress="hidden")
 
