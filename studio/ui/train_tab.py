@@ -124,6 +124,18 @@ def progress_html(step: int, total: int | None) -> str:
             f'</div></div><small>step {step} / {total or "?"}</small></div>')
 
 
+def loss_frame(snap: dict) -> pd.DataFrame | None:
+    """Per-step and smoothed loss, one row per point and series. None until there is a
+    point: the browser's plot fixes its series (colour domain) from the first data it gets."""
+    if not snap["metrics"]:
+        return None
+    steps = [int(m["step"]) for m in snap["metrics"]]  # numbers, or the plot sees categories
+    return pd.DataFrame({
+        "step": steps * 2,
+        "loss": [float(m["loss"]) for m in snap["metrics"]] + snap["loss_smoothed"],
+        "series": ["per step"] * len(steps) + ["smoothed"] * len(steps)})
+
+
 def sample_gallery(samples: list[dict]) -> list[tuple[str, str]]:
     """The latest checkpoint's sample edits as source | target | output rows (3 columns)."""
     latest = [s for s in samples if s["step"] == samples[0]["step"]] if samples else []
@@ -217,14 +229,9 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
         text = " · ".join(parts)
         if run["error"]:
             text += f"\n\n```\n{run['error']}\n```"
-        # Numeric columns, or the plot treats each loss as a category; one row per series.
-        steps = [int(m["step"]) for m in snap["metrics"]]
-        frame = pd.DataFrame({
-            "step": steps * 2,
-            "loss": [float(m["loss"]) for m in snap["metrics"]] + snap["loss_smoothed"],
-            "series": ["per step"] * len(steps) + ["smoothed"] * len(steps)})
-        return (progress_html(snap["step"], snap["total"]), text, frame, "\n".join(snap["log"]),
-                sample_gallery(snap["samples"]), [str(p) for p in snap["lora_files"]] or None)
+        return (progress_html(snap["step"], snap["total"]), text, loss_frame(snap),
+                "\n".join(snap["log"]), sample_gallery(snap["samples"]),
+                [str(p) for p in snap["lora_files"]] or None)
 
     def control(action):
         def handler(project_name, run_id):
