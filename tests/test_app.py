@@ -123,6 +123,11 @@ def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model):
     assert sorted(Path(f).name for f in files) == ["final.safetensors", "step-000002.safetensors",
                                                    "step-000004.safetensors"]
 
+    # Its settings come back into the form, e.g. to start a variant of it.
+    preset, model, env_text, *form_back = client.predict(run_id, api_name="/train_reuse")
+    assert (preset, model) == ("Custom", str(demo_model))
+    assert dict(zip([n for n, _ in FIELDS], form_back))["max_steps"] == 4
+
     # The next run can start from one of them, picked by id as the dropdown gives it.
     last = max(store.list_adapters("trainee"), key=lambda a: a["step"])
     values["lora_checkpoint"] = str(last["id"])

@@ -111,9 +111,14 @@ def ascend_env_text() -> str:
                       *(f"# {k}={v}" for k, v in OPTIONAL_ENV.items())])
 
 
-def preset_values(name: str) -> list:
-    values = {**TrainOptions().as_dict(), **PRESETS.get(name, {})}
+def form_values(options: dict) -> list:
+    """The form's field values for these options (the rest at their defaults)."""
+    values = {**TrainOptions().as_dict(), **options}
     return [0 if values[f] is None and f not in EMPTY_IS_UNSET else values[f] for f, _ in FIELDS]
+
+
+def preset_values(name: str) -> list:
+    return form_values(PRESETS.get(name, {}))
 
 
 def progress_html(step: int, total: int | None) -> str:
@@ -176,6 +181,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
                 stop = gr.Button("Stop", elem_id="train-stop", scale=1)
                 resume = gr.Button("Resume", elem_id="train-resume", scale=1)
                 delete = gr.Button("Delete", variant="stop", scale=1)
+                reuse = gr.Button("Settings to form", scale=1, elem_id="train-reuse")
             bar = gr.HTML(progress_html(0, None))
             status = gr.Markdown(elem_id="train-status")
             curve = gr.LinePlot(x="step", y="loss", color="series", title="Loss", height=260,
@@ -245,6 +251,18 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
             return gr.Dropdown(choices=runs, value=None if action == "delete" else int(run_id))
         return handler
 
+    def on_reuse(run_id):
+        """The chosen run's options back in the form, to start a variant of it."""
+        if not run_id:
+            raise gr.Error("Choose a run first.")
+        try:
+            config = jobs.runs.require(int(run_id))["config"]
+        except KeyError as exc:
+            raise gr.Error(str(exc.args[0]))
+        env = "\n".join(f"{k}={v}" for k, v in config.get("env", {}).items())
+        return "Custom", config.get("model", "demo"), env, *form_values(config)
+
+    reuse.click(on_reuse, run_pick, [preset, model, env_text, *fields], api_name="train_reuse")
     form = [model, env_text, *fields]
     def on_preset(name):
         if name not in PRESETS:
