@@ -255,3 +255,11 @@ class Store:
         pid = self.require_project(project)["id"]
         with self._lock:
             return list(self.db["adapters"].rows_where("project_id = ?", [pid], order_by="id"))
+
+    def run_checkpoints(self, project: str) -> dict[int, list[dict[str, Any]]]:
+        """The project's training checkpoints by run id, each run's in step order."""
+        runs: dict[int, list[dict[str, Any]]] = {}
+        for row in self.list_adapters(project):
+            if row["run_id"] is not None:
+                runs.setdefault(row["run_id"], []).append(row)
+        return {run: sorted(rows, key=lambda r: r["step"] or 0) for run, rows in runs.items()}

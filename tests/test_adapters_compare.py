@@ -132,3 +132,20 @@ def test_edit_and_compare_cli_with_adapters_and_history(demo_model, loras, tmp_p
     saved = store.save_edit("p", [make_image()], make_image(), params, 1.0, kind="compare")
     got = store.get_edit(saved["id"])
     assert got["kind"] == "compare" and json.loads(got["params"])["seeds"] == [0, 1]
+
+
+def test_compare_cli_takes_every_checkpoint_of_a_run(demo_model, loras, tmp_path, projects, capsys):
+    make_image().save(tmp_path / "in.png")
+    store = Store(projects)
+    store.create_project("p")
+    run = store.runs.create("p", "r", "", {}, "cpu")
+    store.add_adapter("p", "r step 20", loras["b"], run_id=run["id"], step=20)
+    store.add_adapter("p", "r step 10", loras["a"], run_id=run["id"], step=10)
+    store.add_adapter("p", "unrelated", loras["a"])
+    common = ["--model", str(demo_model), "--image", str(tmp_path / "in.png"), "--prompt", PROMPT,
+              "--steps", "2", "--cfg", "1", "--size", "32x32", "--out", str(tmp_path / "grid.png")]
+    assert main(["compare", *common, "--adapters", f"base,run:{run['id']}"]) == 0
+    params = json.loads((tmp_path / "grid.json").read_text())
+    assert [c["label"] for c in params["columns"]] == ["base", "r step 10 @ 1", "r step 20 @ 1"]
+    assert main(["compare", *common, "--adapters", "run:999"]) == 2
+    assert "no run with id 999" in capsys.readouterr().err

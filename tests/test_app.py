@@ -123,6 +123,11 @@ def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model):
     assert sorted(Path(f).name for f in files) == ["final.safetensors", "step-000002.safetensors",
                                                    "step-000004.safetensors"]
 
+    # Compare can take every checkpoint of the run as its columns, in step order.
+    columns = client.predict("trainee", run_id, api_name="/compare_whole_run")
+    by_step = sorted(store.list_adapters("trainee"), key=lambda a: a["step"])
+    assert columns["value"] == ["base", *(str(a["id"]) for a in by_step)]
+
     # Its settings come back into the form, e.g. to start a variant of it.
     preset, model, env_text, *form_back = client.predict(run_id, api_name="/train_reuse")
     assert (preset, model) == ("Custom", str(demo_model))

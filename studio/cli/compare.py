@@ -7,6 +7,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..engine.compare import BASE, compare, plan_columns
+from ..paths import projects_dir
+from ..store import Store
 from .edit import (add_model_options, add_sampler_options, load_images, make_editor, parse_size,
                    resolve_adapters)
 
@@ -26,7 +28,8 @@ def register(sub) -> None:
     p.add_argument("--image", action="append", required=True, help="input image (up to 3 for 2509/2511)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--adapters", required=True,
-                   help="comma-separated: base, adapter ids or LoRA files, each with optional :STRENGTH")
+                   help="comma-separated: base, adapter ids or LoRA files, each with optional "
+                        ":STRENGTH; run:ID stands for every checkpoint of training run ID")
     p.add_argument("--strengths", default=None, help="e.g. 0.5,1.0: every adapter at each strength")
     p.add_argument("--seeds", default="0", help="comma-separated seeds, one grid row each")
     add_sampler_options(p)
@@ -34,9 +37,28 @@ def register(sub) -> None:
     p.set_defaults(handler=run)
 
 
+def expand_runs(args, names: list[str]) -> list[str]:
+    """`run:ID` -> the ids of that run's checkpoints, in step order."""
+    if not any(n.startswith("run:") for n in names):
+        return names
+    store = Store(projects_dir(args.projects_dir))
+    out = []
+    for name in names:
+        if not name.startswith("run:"):
+            out.append(name)
+            continue
+        run = store.runs.require(int(name[4:])) if name[4:].isdigit() else None
+        rows = store.run_checkpoints(store.runs.project_name(run)).get(run["id"]) if run else None
+        if not rows:
+            raise ValueError(f"{name}: no training run with checkpoints by that id "
+                             f"(python -m studio runs list)")
+        out += [str(r["id"]) for r in rows]
+    return out
+
+
 def run(args) -> int:
     images = load_images(args.image)
-    names = [t.strip() for t in args.adapters.split(",") if t.strip()]
+    names = expand_runs(args, [t.strip() for t in args.adapters.split(",") if t.strip()])
     refs = resolve_adapters(args, [n for n in names if n != BASE])
     choices = [None if n == BASE else refs.pop(0) for n in names]
     columns = plan_columns(choices, parse_numbers(args.strengths))

@@ -36,6 +36,10 @@ def build(store: Store, editor: Editor, project: gr.Dropdown):
                                  allow_custom_value=True, label="Columns: base model and adapters",
                                  info="project adapters; a LoRA file path can be typed in",
                                  elem_id="compare-adapters")
+            # Custom values allowed: the handler looks the run up itself.
+            whole_run = gr.Dropdown([], label="Or every checkpoint of a run", allow_custom_value=True,
+                                    info="fills the columns: base, then each saved step",
+                                    elem_id="compare-run-checkpoints")
             strengths = gr.Textbox(value="1.0", label="Strengths (comma-separated)")
             seeds = gr.Textbox(value="0", label="Seeds (comma-separated, one row each)")
             stack = gr.Textbox(label="Few-step LoRA under every column (optional file path[:strength])")
@@ -82,12 +86,23 @@ def build(store: Store, editor: Editor, project: gr.Dropdown):
         return result.grid, note, [str(out / "comparison.png"), str(out / "comparison.json")]
 
     def on_project(project_name):
-        return gr.Dropdown(choices=[(BASE, BASE)] + common.adapter_choices(store, project_name))
+        runs = store.run_checkpoints(project_name) if project_name and store.get_project(project_name) else {}
+        return (gr.Dropdown(choices=[(BASE, BASE)] + common.adapter_choices(store, project_name)),
+                gr.Dropdown(choices=[(f"{rows[0]['name']} ({len(rows)} checkpoints)", run)
+                                     for run, rows in runs.items()], value=None))
+
+    def on_whole_run(project_name, run_id):
+        runs = store.run_checkpoints(project_name) if project_name else {}
+        rows = runs.get(int(run_id)) if str(run_id or "").isdigit() else None
+        if not rows:
+            raise gr.Error("That run has no checkpoints in this project.")
+        return gr.Dropdown(value=[BASE, *(str(r["id"]) for r in rows)])
 
     run.click(on_compare, [project, image, target, prompt, negative, chosen, strengths, seeds,
                            stack, steps, cfg, width, height], [grid, status, files],
               api_name="compare", concurrency_limit=1, concurrency_id="gpu")
     common.wire_pair_and_cancel(store, editor, project, pair_id, use_pair, cancel, image, prompt,
                                 target)
-    project.change(on_project, project, chosen, api_name=False)
-    return on_project, project, [chosen]
+    whole_run.input(on_whole_run, [project, whole_run], chosen, api_name="compare_whole_run")
+    project.change(on_project, project, [chosen, whole_run], api_name=False)
+    return on_project, project, [chosen, whole_run]
