@@ -81,7 +81,7 @@ def test_edit_with_an_adapter_and_compare_base_with_it(app_url, demo_model, tmp_
 
 def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model):
     from studio.dataset.samples import add_sample_pairs
-    from studio.ui.train_tab import FIELDS, preset_values
+    from studio.ui.train_form import FIELDS, preset_values
 
     url, projects = app_url
     store = Store(projects)

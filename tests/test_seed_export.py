@@ -234,7 +234,7 @@ def test_train_tab_exports_and_follows_through_the_app(store, demo_model, tmp_pa
     from gradio_client import Client
 
     from studio.trainer.jobs import JobManager
-    from studio.ui import train_tab
+    from studio.ui import train_form, train_tab
 
     with gr.Blocks() as app:
         project = gr.Dropdown(["cats"], value="cats")
@@ -244,7 +244,7 @@ def test_train_tab_exports_and_follows_through_the_app(store, demo_model, tmp_pa
                            show_error=True)
     try:
         client = Client(url, verbose=False)
-        form = train_tab.preset_values("Seed: 8 Ascend NPUs, ZeRO-2")
+        form = train_form.preset_values("Seed: 8 Ascend NPUs, ZeRO-2")
         note = client.predict("cats", "first", str(demo_model), "HCCL_EXEC_TIMEOUT=3600", *form,
                               api_name="/train_seed_export")
         out = store.project_dir("cats") / "exports" / "first"
