@@ -102,13 +102,17 @@ def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model):
     deadline = time.monotonic() + 240
     steps_seen = set()
     while time.monotonic() < deadline:
-        bar, status, curve, log, gallery, files = client.predict(run_id, api_name="/train_status")
+        bar, status, curve, val_curve, log, gallery, files = client.predict(run_id,
+                                                                            api_name="/train_status")
         steps_seen.add(int(bar.split('data-step="')[1].split('"')[0]))
         if "**finished**" in status or "**failed**" in status:
             break
         time.sleep(1)
     assert "**finished**" in status, status
     assert "step 4/4" in status and "loss" in status and "peak memory" in status
+    # The sample pairs hold one out: its loss before training and at both checkpoints.
+    assert "validation loss" in status and "at step 4" in status
+    assert [row[val_curve["columns"].index("step")] for row in val_curve["data"]] == [0, 2, 4]
     assert max(steps_seen) == 4
     series = curve["columns"].index("series")
     assert sorted(row[series] for row in curve["data"]) == ["per step"] * 4 + ["smoothed"] * 4

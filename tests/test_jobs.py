@@ -129,3 +129,23 @@ def test_a_run_starts_from_a_project_adapter_and_a_misfit_one_is_refused(jobs, d
     assert jobs.wait(second["id"], timeout=240)["status"] == "finished"
     log = (Path(second["run_dir"]) / "output" / "train.log").read_text()
     assert f"started from {adapter['path']}" in log
+
+
+def test_cli_trains_follows_lists_shows_and_deletes_a_run(projects, demo_model, capsys):
+    from studio.cli import main
+    from studio.dataset.samples import add_sample_pairs
+
+    store = Store(projects)
+    store.create_project("p")
+    add_sample_pairs(store, "p", 4)
+    assert main(["train", "--project", "p", "--model", str(demo_model), "--max-steps", "2",
+                 "--save-steps", "2", "--sample-steps", "0"]) == 0  # follows until it ends
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith("finished")
+    assert main(["runs", "list", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["project"], row["status"], row["step"], row["total"]) == ("p", "finished", 2, 2)
+    assert main(["runs", "show", str(row["id"]), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["val_loss"] > 0 and any("done: 2 steps" in line for line in shown["log"])
+    assert main(["runs", "delete", str(row["id"])]) == 0
+    assert not Path(row["run_dir"]).exists() and Store(projects).runs.list() == []

@@ -260,3 +260,29 @@ def test_cosine_schedule_with_warm_up(demo_model, dataset, tmp_path):
 def test_a_warm_up_needs_a_schedule_that_has_one(demo_model, dataset, tmp_path):
     proc = run_trainer(demo_model, dataset, tmp_path / "bad", "--lr_warmup_steps", 3, check=False)
     assert proc.returncode == 2 and "has no warm-up" in proc.stderr
+
+
+def test_validation_loss_falls_leaves_training_untouched_and_survives_a_resume(demo_model, tmp_path):
+    import shutil
+
+    data = make_dataset(tmp_path / "ds")
+    shutil.copy(data / "metadata_edit.csv", data / "metadata_validation.csv")  # held out = seen
+    fit = ["--max_steps", 40, "--save_steps", 20, "--learning_rate", "3e-3", "--sample_steps", 0]
+    run_trainer(demo_model, data, tmp_path / "val", *fit)
+    rows = [json.loads(line) for line in (tmp_path / "val" / "validation.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 20, 40]  # before training, then each checkpoint
+    assert rows[-1]["val_loss"] < 0.95 * rows[0]["val_loss"], rows
+
+    # Scoring draws nothing from the training RNG: the same LoRA as without it.
+    run_trainer(demo_model, data, tmp_path / "plain", *fit, "--no-validation_loss")
+    assert not (tmp_path / "plain" / "validation.jsonl").exists()
+    assert max_diff(lora(tmp_path / "val" / "final.safetensors"),
+                    lora(tmp_path / "plain" / "final.safetensors")) == 0
+
+    # Stopped and resumed: the baseline once, each checkpoint once.
+    short = ["--max_steps", 6, "--save_steps", 3, "--sample_steps", 0]
+    stop_after_first_step(demo_model, data, tmp_path / "resumed", *short, steps=6)
+    run_trainer(demo_model, data, tmp_path / "resumed", *short, "--resume")
+    steps = [json.loads(line)["step"] for line in
+             (tmp_path / "resumed" / "validation.jsonl").read_text().splitlines()]
+    assert steps[0] == 0 and steps.count(0) == 1 and steps[-2:] == [3, 6] and len(set(steps)) == len(steps)

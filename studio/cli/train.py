@@ -123,7 +123,8 @@ def summary(jobs: JobManager, run: dict) -> dict:
     snap = jobs.snapshot(run["id"])
     return {"id": run["id"], "name": run["name"], "project": jobs.runs.project_name(run),
             "status": run["status"], "step": snap["step"], "total": snap["total"],
-            "loss": snap["loss"], "pid": run["pid"], "exit_code": run["exit_code"],
+            "loss": snap["loss"], "pid": run["pid"],
+            "val_loss": snap["validation"][-1]["val_loss"] if snap["validation"] else None, "exit_code": run["exit_code"],
             "run_dir": run["run_dir"], "command": run["command"], "error": run["error"],
             "created_at": run["created_at"], "started_at": run["started_at"],
             "ended_at": run["ended_at"]}
@@ -150,8 +151,8 @@ def show_run(args) -> int:
     if args.json:
         print(json.dumps(row, indent=2))
         return 0
-    for key in ("id", "name", "project", "status", "step", "total", "loss", "pid", "exit_code",
-                "run_dir", "command", "error"):
+    for key in ("id", "name", "project", "status", "step", "total", "loss", "val_loss", "pid",
+                "exit_code", "run_dir", "command", "error"):
         print(f"{key}: {row[key]}")
     print("log:\n  " + "\n  ".join(row["log"]))
     return 0

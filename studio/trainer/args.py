@@ -89,6 +89,9 @@ def build_parser(cls: type[argparse.ArgumentParser] = argparse.ArgumentParser):
                    help="true CFG for sample edits (1 = off, twice as fast)")
     p.add_argument("--max_samples", type=int, default=4,
                    help="sample edits per checkpoint (the first N validation pairs)")
+    p.add_argument("--validation_loss", default=True, action=argparse.BooleanOptionalAction,
+                   help="at the start and at each checkpoint, the loss on (up to 32) validation "
+                        "pairs at fixed timesteps and noise, in <output>/validation.jsonl")
     return p
 
 

@@ -121,3 +121,13 @@ def reference_edit_size(width: int, height: int, area: int = 1024 * 1024) -> tup
     w = math.sqrt(area * ratio)
     h = w / ratio
     return max(32, round(w / 32) * 32), max(32, round(h / 32) * 32)
+
+
+def load_validation_pairs(args) -> list[Pair]:
+    """The pairs of --validation_metadata_path, else of <dataset>/metadata_validation.csv if
+    there is one; [] without either."""
+    path = args.validation_metadata_path
+    if path is None:
+        default = Path(args.dataset_base_path).expanduser() / "metadata_validation.csv"
+        path = default if default.is_file() else None
+    return load_pairs(args.dataset_base_path, path) if path else []

@@ -24,7 +24,7 @@ from typing import Callable
 from ..engine.adapters import resolve_adapter
 from ..runs_store import ACTIVE
 from ..store import Store, now
-from . import launch, multinode
+from . import launch, multinode, validation
 from .accelerate_config import write_config
 from .args import check_args
 from .launch import TrainOptions
@@ -390,6 +390,7 @@ class JobManager:
                 "peak_mem_gb": last.get("peak_mem_gb"),
                 "metrics": metrics, "log": tail(folder / "train.log"),
                 "loss_smoothed": smoothed([float(m["loss"]) for m in metrics]),
+                "validation": validation.read(folder / "output"),
                 # Sample edits of the validation pairs, latest checkpoint first.
                 "samples": list_samples(folder / "output"),
                 "lora_files": sorted((folder / "output").glob("*.safetensors"),

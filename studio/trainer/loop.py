@@ -19,10 +19,10 @@ import torch
 
 from studio.engine.devices import peak_memory_gb
 
-from . import checkpoint, dist, sample_render
+from . import checkpoint, dist, sample_render, validation
 from .args import parse_args
 from .cache import EncodedCache, PairEncoder, model_fingerprint
-from .data import DatasetError, load_pairs
+from .data import DatasetError, load_pairs, load_validation_pairs
 from .lora_io import LoraFormatError, add_lora, load_into, lora_parameters
 from .objective import sample_loss
 from .order import DataOrder
@@ -185,12 +185,14 @@ def train(args) -> int:
 
     info = inspect_model_folder(_model_folder(args.model_path))
     pairs = load_pairs(args.dataset_base_path, args.dataset_metadata_path)
-    crowded = [p for p in pairs if len(p.inputs) > info.max_images]
+    held_out = load_validation_pairs(args)[:validation.MAX_PAIRS] if args.validation_loss else []
+    crowded = [p for p in pairs + held_out if len(p.inputs) > info.max_images]
     if crowded:
         raise DatasetError(f"sample {crowded[0].sample_id} (and {len(crowded) - 1} more) has "
                            f"{len(crowded[0].inputs)} edit images; {info.pipeline_class} takes at "
                            f"most {info.max_images}")
-    encoded = _encoded_source(args, pairs, info, device, dtype, stop)
+    # Held-out pairs are encoded (and cached) with the training pairs, after them.
+    encoded = _encoded_source(args, pairs + held_out, info, device, dtype, stop)
     # Validation prompts are encoded now, while the device has no transformer yet.
     sampler = sample_render.setup(args, info, device, dtype) if dist.is_main() else None
 
@@ -252,6 +254,13 @@ def train(args) -> int:
     if start >= total:
         log.info("nothing to do: %d of %d steps already done", start, total)
         return 0
+    validator = None
+    if held_out:
+        validator = validation.ValidationLoss(encoded, list(range(len(pairs), len(pairs) + len(held_out))),
+                                              [p.sample_id for p in held_out], output)
+        if not validator.resume_at(start if args.resume else -1):  # a new run starts a new file
+            log.info("validation loss before training: %.4f (%d pairs)",
+                     validator.record(0, transformer, device, dtype), len(held_out))
 
     schedule = TrainingSchedule()
     log.info("training %d steps: %d pairs x %d repeat, global batch %d (%d process(es) x %d "
@@ -301,6 +310,9 @@ def train(args) -> int:
                                    ckpt_info, engine, final=done == total)
             if path:
                 log.info("step %d: saved %s", done, path.name)
+        if validator and (due or done == total) and not stopping:
+            log.info("step %d: validation loss %.4f", done,
+                     validator.record(done, transformer, device, dtype))
         if sample_render.due(args, done, due or done == total, stopping):
             sample_render.render(sampler, transformer, done, output)  # rank 0; None elsewhere
             dist.barrier()

@@ -28,11 +28,17 @@ def token_grid(latents: torch.Tensor) -> tuple[int, int, int]:
 def sample_loss(model, encoded: dict[str, torch.Tensor], schedule: TrainingSchedule,
                 generator: torch.Generator, device, dtype: torch.dtype):
     """Returns (loss, timestep) for one encoded pair; `generator` draws timestep and noise."""
-    target = encoded["target"]
-    edits = [encoded[k] for k in sorted(k for k in encoded if k.startswith("edit_"))]
     # Reference: timestep_id ~ U{0..999}, noise ~ N(0, I) shaped like the target latents.
     index = int(torch.randint(0, len(schedule), (1,), generator=generator))
-    noise = torch.randn(target.shape, generator=generator, dtype=torch.float32)
+    noise = torch.randn(encoded["target"].shape, generator=generator, dtype=torch.float32)
+    return loss_at(model, encoded, schedule, index, noise, device, dtype)
+
+
+def loss_at(model, encoded: dict[str, torch.Tensor], schedule: TrainingSchedule, index: int,
+            noise: torch.Tensor, device, dtype: torch.dtype):
+    """(loss, timestep) for one encoded pair at a given schedule index and noise."""
+    target = encoded["target"]
+    edits = [encoded[k] for k in sorted(k for k in encoded if k.startswith("edit_"))]
     timestep, sigma, weight = schedule.lookup(index, dtype)
 
     x0 = target.to(device, torch.float32)

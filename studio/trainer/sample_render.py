@@ -22,22 +22,16 @@ from PIL import Image
 
 from ..engine.encode_cache import EncodeCache
 from . import samples
-from .data import Pair, crop_and_resize, load_rgb, target_size
+from .data import Pair, crop_and_resize, load_rgb, load_validation_pairs, target_size
 
 log = logging.getLogger("studio.trainer")
 
 
 def validation_pairs(args) -> list[Pair]:
-    """The first --max_samples pairs of the validation metadata ([] when there is none)."""
-    from .data import load_pairs
-
-    path = args.validation_metadata_path
-    if path is None:
-        default = Path(args.dataset_base_path).expanduser() / "metadata_validation.csv"
-        path = default if default.is_file() else None
-    if path is None or args.max_samples < 1 or args.sample_steps == 0:
+    """The first --max_samples validation pairs ([] when there are none or sampling is off)."""
+    if args.max_samples < 1 or args.sample_steps == 0:
         return []
-    return load_pairs(args.dataset_base_path, path)[: args.max_samples]
+    return load_validation_pairs(args)[: args.max_samples]
 
 
 def _free(device) -> None:

@@ -79,6 +79,9 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
             status = gr.Markdown(elem_id="train-status")
             curve = gr.LinePlot(x="step", y="loss", color="series", title="Loss", height=260,
                                 elem_id="train-loss")
+            val_curve = gr.LinePlot(x="step", y="val_loss", height=200, elem_id="train-val-loss",
+                                    title="Validation loss (held-out pairs, fixed timesteps and "
+                                          "noise; step 0 = before training)")
             log = gr.Textbox(label="Last log lines", lines=12, max_lines=20, autoscroll=True)
             gallery = gr.Gallery(label="Sample edits at the latest checkpoint (source | target | "
                                        "output)", columns=3, height="auto", elem_id="train-samples")
@@ -113,11 +116,11 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
 
     def on_refresh(run_id):
         if not run_id:
-            return progress_html(0, None), "No run selected.", None, "", [], None
+            return progress_html(0, None), "No run selected.", None, None, "", [], None
         try:
             snap = jobs.snapshot(int(run_id))
         except KeyError:
-            return progress_html(0, None), "This run was deleted.", None, "", [], None
+            return progress_html(0, None), "This run was deleted.", None, None, "", [], None
         run = snap["run"]
         parts = [f"**{run['status']}**", f"step {snap['step']}/{snap['total'] or '?'}"]
         if snap["loss"] is not None:
@@ -125,10 +128,14 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
                       f"{snap['samples_per_s']:.2f} samples/s", f"ETA {snap['eta_s']:.0f}s"]
             if snap["peak_mem_gb"] is not None:
                 parts.append(f"peak memory {snap['peak_mem_gb']:.1f} GB")
+        if snap["validation"]:
+            last = snap["validation"][-1]
+            parts.append(f"validation loss {last['val_loss']:.4f} at step {last['step']}")
         text = " · ".join(parts)
         if run["error"]:
             text += f"\n\n```\n{run['error']}\n```"
-        return (progress_html(snap["step"], snap["total"]), text, loss_frame(snap),
+        val = pd.DataFrame(snap["validation"]) if snap["validation"] else None
+        return (progress_html(snap["step"], snap["total"]), text, loss_frame(snap), val,
                 "\n".join(snap["log"]), sample_gallery(snap["samples"]),
                 [str(p) for p in snap["lora_files"]] or None)
 
@@ -167,7 +174,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
     start.click(on_start, [project, model, name, env_text, *fields], run_pick, api_name="train_start")
     for action, button in (("stop", stop), ("resume", resume), ("delete", delete)):
         button.click(control(action), [project, run_pick], run_pick, api_name=f"train_{action}")
-    outputs = [bar, status, curve, log, gallery, files]
+    outputs = [bar, status, curve, val_curve, log, gallery, files]
     run_pick.change(on_refresh, run_pick, outputs, api_name="train_status")
     timer.tick(on_refresh, run_pick, outputs, api_name=False, show_progress="hidden")
 

@@ -1,0 +1,77 @@
+"""Validation loss: the training objective on the held-out pairs, at fixed timesteps and noise.
+
+A training step's loss mostly reflects the timestep it happened to draw; with the same four
+timesteps and the same noise per pair at every checkpoint, the numbers are comparable across
+checkpoints and say which one generalises best. Written to <output>/validation.jsonl, step 0
+being the model before training.
+
+Training is untouched: no gradients, private CPU generators (the global RNG is not used), the
+unwrapped transformer (no DDP hooks). Every rank scores its share of the pairs.
+"""
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import dist
+from .objective import loss_at
+from .schedule import TrainingSchedule
+
+QUANTILES = (0.125, 0.375, 0.625, 0.875)  # of the 1000-step schedule: noisy to nearly clean
+MAX_PAIRS = 32
+FILE = "validation.jsonl"
+
+
+class ValidationLoss:
+    def __init__(self, encoded: Callable[[int], dict], indices: list[int], sample_ids: list[str],
+                 output: Path):
+        self.encoded, self.indices, self.sample_ids = encoded, indices, sample_ids
+        self.schedule = TrainingSchedule()
+        self.file = output / FILE
+
+    @torch.no_grad()
+    def score(self, transformer, device, dtype) -> float:
+        total, count = 0.0, 0
+        for j in range(dist.rank(), len(self.indices), dist.world()):
+            item = self.encoded(self.indices[j])
+            for k, quantile in enumerate(QUANTILES):
+                seed = zlib.crc32(f"{self.sample_ids[j]}/{k}".encode("utf-8"))
+                noise = torch.randn(item["target"].shape, dtype=torch.float32,
+                                    generator=torch.Generator().manual_seed(seed))
+                index = int(quantile * len(self.schedule))
+                total += float(loss_at(transformer, item, self.schedule, index, noise, device, dtype)[0])
+                count += 1
+        return dist.all_sum(total) / max(dist.all_sum(count), 1.0)
+
+    def record(self, step: int, transformer, device, dtype) -> float:
+        """Score (on every rank, collectively) and append the row (rank 0)."""
+        value = self.score(transformer, device, dtype)
+        if dist.is_main():
+            with self.file.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, "val_loss": value}) + "\n")
+        return value
+
+    def resume_at(self, step: int) -> bool:
+        """Drop rows after `step` (a resumed run writes them again); returns, on every rank
+        alike, whether the step-0 baseline is there already."""
+        rows = read(self.file.parent) if dist.is_main() else []
+        if dist.is_main() and self.file.is_file():
+            self.file.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
+        return dist.any_true(any(r["step"] == 0 for r in rows))
+
+
+def read(output: Path) -> list[dict]:
+    path = Path(output) / FILE
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass  # a line being written right now
+    return rows
