@@ -136,6 +136,18 @@ def _encoded_source(args, pairs, info, device, dtype, stop: StopFlag):
     return lambda i: cache.load(keys[i])
 
 
+def _held_out(args) -> list:
+    """Validation pairs for the validation loss; a broken validation file only disables it,
+    as it only disables the sample edits."""
+    if not args.validation_loss:
+        return []
+    try:
+        return load_validation_pairs(args)[:validation.MAX_PAIRS]
+    except DatasetError as exc:
+        log.warning("validation loss disabled: %s", exc)
+        return []
+
+
 def _lr_scheduler(args, optimizer, total: int):
     if args.lr_scheduler == "reference":
         # DiffSynth's: ConstantLR with torch's defaults (lr x 1/3 for the first 5 steps).
@@ -185,7 +197,7 @@ def train(args) -> int:
 
     info = inspect_model_folder(_model_folder(args.model_path))
     pairs = load_pairs(args.dataset_base_path, args.dataset_metadata_path)
-    held_out = load_validation_pairs(args)[:validation.MAX_PAIRS] if args.validation_loss else []
+    held_out = _held_out(args)
     crowded = [p for p in pairs + held_out if len(p.inputs) > info.max_images]
     if crowded:
         raise DatasetError(f"sample {crowded[0].sample_id} (and {len(crowded) - 1} more) has "
