@@ -322,7 +322,7 @@ def train(args) -> int:
                                    ckpt_info, engine, final=done == total)
             if path:
                 log.info("step %d: saved %s", done, path.name)
-        if validator and (due or done == total) and not stopping:
+        if validator and (due or done == total):  # also when a stop falls on a due step
             log.info("step %d: validation loss %.4f", done,
                      validator.record(done, transformer, device, dtype))
         if sample_render.due(args, done, due or done == total, stopping):
