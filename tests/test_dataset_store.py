@@ -113,3 +113,27 @@ def test_rewriting_many_instructions_at_once(store, capsys):
     assert store.pairs.get("p", rows[3]["id"])["status"] == "error"
     with pytest.raises(ValueError, match="nothing to change"):
         Rewrite()
+
+
+def test_holding_pairs_out_for_validation(store, capsys):
+    from studio.dataset.split import hold_out, parse_count
+
+    rows, _ = store.pairs.add("p", fake_rows(20))
+    store.pairs.update_instruction("p", rows[0]["id"], "")  # an error pair is never drawn
+    assert parse_count("10%", 20) == 2 and parse_count("3", 20) == 3 and parse_count("1%", 20) == 1
+    with pytest.raises(ValueError, match="percentage"):
+        parse_count("some", 20)
+
+    root = ["--projects-dir", str(store.root), "dataset", "split", "--project", "p"]
+    assert main([*root, "--validation", "10%", "--seed", "7"]) == 0
+    assert "held out 2 pair(s): now 18 for training, 2 for validation" in capsys.readouterr().out
+    drawn = {p["id"] for p in store.pairs.page("p", split="validation")}
+    assert rows[0]["id"] not in drawn
+
+    other = Store(store.root / "other")  # the same seed draws the same pairs
+    other.create_project("p")
+    other_rows, _ = other.pairs.add("p", fake_rows(20))
+    other.pairs.update_instruction("p", other_rows[0]["id"], "")
+    assert sorted(hold_out(other, "p", 2, seed=7)) == sorted(drawn)
+    with pytest.raises(ValueError, match="nothing to train on"):
+        hold_out(store, "p", 17)

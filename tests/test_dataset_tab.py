@@ -64,6 +64,11 @@ def test_samples_one_pair_and_a_zip_through_the_tab(served, tmp_path):
                                           api_name="/dataset_rewrite")
     assert "1 instruction(s) changed" in done and [row[4] for row in table["data"]] == ["sks, add a moon"]
 
+    before = store.pairs.count("default", split="validation")
+    note, *_ = client.predict("default", "2", "", 1, api_name="/dataset_hold_out")
+    assert "Held out 2 pair(s)" in note
+    assert store.pairs.count("default", split="validation") == before + 2
+
 
 def test_bad_upload_is_reported_and_export_writes_the_seed_layout(served, tmp_path):
     client, store = served

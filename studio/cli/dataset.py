@@ -10,6 +10,7 @@ from ..dataset.checks import DEFAULT_MAX_PIXELS
 from ..dataset.export import FORMATS, export_dataset
 from ..dataset.instructions import Rewrite, rewrite_instructions
 from ..dataset.samples import add_sample_pairs
+from ..dataset.split import hold_out, parse_count
 from ..dataset.validate import validate_project
 from .project import open_store
 
@@ -62,6 +63,13 @@ def register(sub) -> None:
     smp.add_argument("--project", required=True)
     smp.add_argument("--count", type=int, default=8)
     smp.set_defaults(handler=run_samples)
+
+    spl = verbs.add_parser("split", help="hold random training pairs out for validation")
+    spl.add_argument("--project", required=True)
+    spl.add_argument("--validation", required=True, metavar="N|PCT",
+                     help="how many training pairs to hold out: a count or a percentage (10%%)")
+    spl.add_argument("--seed", type=int, default=0, help="the same seed draws the same pairs")
+    spl.set_defaults(handler=run_split)
 
     ins = verbs.add_parser("instructions", help="rewrite many instructions: prefix, suffix, replace")
     ins.add_argument("--project", required=True)
@@ -192,4 +200,14 @@ def run_instructions(args) -> int:
     if len(changes) > 20:
         print(f"… and {len(changes) - 20} more")
     print(f"{len(changes)} instruction(s) {'would change' if args.dry_run else 'changed'}")
+    return 0
+
+
+def run_split(args) -> int:
+    store = open_store(args)
+    count = parse_count(args.validation, store.pairs.count(args.project, split="train"))
+    chosen = hold_out(store, args.project, count, args.seed)
+    counts = store.pairs.counts(args.project)
+    print(f"held out {len(chosen)} pair(s): now {counts['train']} for training, "
+          f"{counts['validation']} for validation")
     return 0

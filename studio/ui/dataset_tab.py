@@ -12,6 +12,7 @@ from ..dataset import importers
 from ..dataset.export import FORMATS, export_dataset
 from ..dataset.instructions import Rewrite, rewrite_instructions
 from ..dataset.samples import add_sample_pairs
+from ..dataset.split import hold_out, parse_count
 from ..dataset.validate import validate_project
 from ..store import Store
 
@@ -124,6 +125,10 @@ def build(store: Store, project: gr.Dropdown) -> None:
                 delete = gr.Button("Delete pair", variant="stop", elem_id="ds-delete")
             chosen_info = gr.Markdown(elem_id="ds-selected-info")
 
+    with gr.Row():
+        held_out = gr.Textbox(value="10%", label="Hold out for validation (pairs or %)", scale=2,
+                              info="random training pairs; sample edits and the validation loss use them")
+        hold_button = gr.Button("Hold out", scale=1, elem_id="ds-hold-out")
     with gr.Accordion("Rewrite instructions (all pairs, or those the search finds)", open=False):
         with gr.Row():
             prefix = gr.Textbox(label="Prefix", placeholder='e.g. "sks style, " (added once)')
@@ -223,6 +228,14 @@ def build(store: Store, project: gr.Dropdown) -> None:
         pairs.delete(name, [pair_id])
         return None, None, None, "", "Deleted.", *show_page(name, text_search, number)
 
+    def on_hold_out(name, amount, text_search, number):
+        name = need(name)
+        try:
+            chosen = hold_out(store, name, parse_count(amount, pairs.count(name, split="train")))
+        except ValueError as exc:
+            raise gr.Error(str(exc))
+        return f"Held out {len(chosen)} pair(s) for validation.", *show_page(name, text_search, number)
+
     def on_rewrite(dry_run):
         def handler(name, pre, suf, old, new, text_search, number):
             name = need(name)
@@ -274,6 +287,8 @@ def build(store: Store, project: gr.Dropdown) -> None:
     delete.click(on_delete, [project, selected, search, page],
                  [selected, chosen_source, chosen_target, chosen_text, chosen_info, *browse_outputs],
                  api_name=False)
+    hold_button.click(on_hold_out, [project, held_out, search, page], [chosen_info, *browse_outputs],
+                      api_name="dataset_hold_out")
     rewrite_inputs = [project, prefix, suffix, find, replace, search, page]
     preview_rewrite.click(on_rewrite(True), rewrite_inputs, [rewrite_result, *browse_outputs],
                           api_name="dataset_rewrite_preview")
