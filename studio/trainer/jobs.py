@@ -24,7 +24,7 @@ from typing import Callable
 from ..engine.adapters import resolve_adapter
 from ..runs_store import ACTIVE
 from ..store import Store, now
-from . import launch, multinode, validation
+from . import launch, multinode, steplog, validation
 from .accelerate_config import write_config
 from .args import check_args
 from .launch import TrainOptions
@@ -61,16 +61,7 @@ def tail(path: Path, lines: int = LOG_TAIL) -> list[str]:
 
 
 def read_metrics(output: Path) -> list[dict]:
-    path = output / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            pass  # a line being written right now
-    return rows
+    return steplog.read(output / "metrics.jsonl")
 
 
 def smoothed(values: list[float], weight: float = 0.9) -> list[float]:

@@ -6,7 +6,6 @@ excepted, one per rank by design).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -19,7 +18,7 @@ import torch
 
 from studio.engine.devices import peak_memory_gb
 
-from . import checkpoint, dist, sample_render, validation
+from . import checkpoint, dist, sample_render, steplog, validation
 from .args import parse_args
 from .cache import EncodedCache, PairEncoder, model_fingerprint
 from .data import DatasetError, load_pairs, load_validation_pairs
@@ -262,7 +261,7 @@ def train(args) -> int:
             start, prior_elapsed = state["step"], float(state.get("elapsed", 0.0))
             log.info("resumed at step %d of %d", start, total)
     if dist.is_main():
-        _trim_metrics(metrics_file, start)
+        steplog.keep_through(metrics_file, start)
     if start >= total:
         log.info("nothing to do: %d of %d steps already done", start, total)
         return 0
@@ -306,7 +305,7 @@ def train(args) -> int:
         now = time.perf_counter()
         elapsed = now - started
         if dist.is_main():
-            _append_metrics(metrics_file, {
+            steplog.append(metrics_file, {
                 "step": done, "total": total, "epoch": round(order.epoch_after(done), 4),
                 "loss": mean_loss,
                 "lr": lr, "samples_per_s": order.global_batch / max(now - t0, 1e-9),
@@ -335,20 +334,6 @@ def train(args) -> int:
     log.info("done: %d steps in %.1fs; LoRA at %s", total, time.perf_counter() - started,
              output / "final.safetensors")
     return 0
-
-
-def _append_metrics(path: Path, row: dict) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _trim_metrics(path: Path, keep_through: int) -> None:
-    """After a resume, steps past the checkpoint are redone: drop their old lines."""
-    if not path.is_file():
-        return
-    rows = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= keep_through]
-    path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

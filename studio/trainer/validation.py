@@ -10,14 +10,13 @@ unwrapped transformer (no DDP hooks). Every rank scores its share of the pairs.
 """
 from __future__ import annotations
 
-import json
 import zlib
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from . import dist
+from . import dist, steplog
 from .objective import loss_at
 from .schedule import TrainingSchedule
 
@@ -51,27 +50,15 @@ class ValidationLoss:
         """Score (on every rank, collectively) and append the row (rank 0)."""
         value = self.score(transformer, device, dtype)
         if dist.is_main():
-            with self.file.open("a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": step, "val_loss": value}) + "\n")
+            steplog.append(self.file, {"step": step, "val_loss": value})
         return value
 
     def resume_at(self, step: int) -> bool:
         """Drop rows after `step` (a resumed run writes them again); returns, on every rank
         alike, whether the step-0 baseline is there already."""
-        rows = read(self.file.parent) if dist.is_main() else []
-        if dist.is_main() and self.file.is_file():
-            self.file.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
+        rows = steplog.keep_through(self.file, step) if dist.is_main() else []
         return dist.any_true(any(r["step"] == 0 for r in rows))
 
 
 def read(output: Path) -> list[dict]:
-    path = Path(output) / FILE
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            pass  # a line being written right now
-    return rows
+    return steplog.read(Path(output) / FILE)
