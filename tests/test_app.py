@@ -96,6 +96,10 @@ def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model):
     assert "accelerate.commands.launch" in preview and "--max_steps 4" in preview
     assert '"distributed_type": "NO"' in preview
     assert "--sample_inference_steps 3" in preview and "--sample_steps" not in preview
+    assert "no validation pairs" not in preview  # the sample pairs hold one out
+    store.create_project("no-held-out")
+    preview = client.predict("no-held-out", str(demo_model), "", *form, api_name="/train_preview")
+    assert "no validation pairs" in preview
 
     run = client.predict("trainee", str(demo_model), "tab-run", "", *form, api_name="/train_start")
     run_id = int(run["value"])  # the run picker, updated to the new run

@@ -103,7 +103,12 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
         except (ValueError, KeyError) as exc:
             raise gr.Error(str(exc.args[0] if isinstance(exc, KeyError) else exc))
         config = json.dumps(preview["accelerate_config"], indent=2)
-        return f"```bash\n{preview['shell']}\n```\naccelerate config:\n```json\n{config}\n```"
+        text = f"```bash\n{preview['shell']}\n```\naccelerate config:\n```json\n{config}\n```"
+        if project_name and store.get_project(project_name) and \
+                not store.pairs.count(project_name, split="validation"):
+            text += ("\n\nThis project has no validation pairs, so the run makes no sample edits "
+                     "and no validation loss: hold some out in the Dataset tab.")
+        return text
 
     def on_start(project_name, model, name, env_text, *values):
         if not project_name:
