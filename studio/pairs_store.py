@@ -36,6 +36,12 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _image_files(rows) -> set[str]:
+    """The image paths of (source_path, target_path, extra_sources) rows."""
+    return {path for source, target, extras in rows
+            for path in (source, target, *json.loads(extras or "[]"))}
+
+
 def _like(text: str) -> str:
     return "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
 
@@ -157,14 +163,14 @@ class Pairs:
         marks = ",".join("?" * len(pair_ids))
         with self._lock:
             with self.db.atomic():
-                files = set()
-                for source, target, extras in self.db.execute(
-                        f"SELECT source_path, target_path, extra_sources FROM pairs "
-                        f"WHERE project_id = ? AND id IN ({marks})", [pid, *pair_ids]):
-                    files.update([source, target, *json.loads(extras or "[]")])
+                files = _image_files(self.db.execute(
+                    f"SELECT source_path, target_path, extra_sources FROM pairs "
+                    f"WHERE project_id = ? AND id IN ({marks})", [pid, *pair_ids]))
                 cursor = self.db.execute(
                     f"DELETE FROM pairs WHERE project_id = ? AND id IN ({marks})", [pid, *pair_ids])
-                unused = files - self._images_in_use(pid) if files else set()
+                unused = files - _image_files(self.db.execute(
+                    "SELECT source_path, target_path, extra_sources FROM pairs WHERE project_id = ?",
+                    [pid])) if files else set()
             for relative in unused:
                 if relative.startswith("images/") and ".." not in relative.split("/"):
                     self.path(project, relative).unlink(missing_ok=True)

@@ -7,10 +7,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..engine.compare import BASE, compare, plan_columns
-from ..paths import projects_dir
-from ..store import Store
 from .edit import (add_model_options, add_sampler_options, load_images, make_editor, parse_size,
                    resolve_adapters)
+from .project import open_store
 
 
 def parse_numbers(text: str | None, kind=float) -> list:
@@ -41,7 +40,7 @@ def expand_runs(args, names: list[str]) -> list[str]:
     """`run:ID` -> the ids of that run's checkpoints, in step order."""
     if not any(n.startswith("run:") for n in names):
         return names
-    store = Store(projects_dir(args.projects_dir))
+    store = open_store(args)
     out = []
     for name in names:
         if not name.startswith("run:"):

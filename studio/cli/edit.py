@@ -12,6 +12,7 @@ from ..engine.editor import Editor
 from ..engine.models import resolve_model
 from ..paths import projects_dir
 from ..store import Store
+from .project import open_store
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -111,8 +112,7 @@ def run(args) -> int:
 
 
 def project_items(args) -> list[BatchItem]:
-    store = Store(projects_dir(args.projects_dir))
-    pairs = store.pairs
+    pairs = open_store(args).pairs
     return [BatchItem(p["sample_id"], [pairs.path(args.project, r)
                                        for r in [p["source_path"], *p["extra_sources"]]],
                       p["instruction"] or "", pairs.path(args.project, p["target_path"]))
