@@ -11,17 +11,16 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .paths import safe_stem
 from .store import Store, now
 
 SPLITS = ("train", "validation")
 _JSON_COLUMNS = {"extra_sources": [], "issues": [], "meta": {}}
-_SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def safe_sample_id(hint: str | None, fallback: str) -> str:
-    """sample_ids become file names on export, so keep them to [A-Za-z0-9._-]."""
-    cleaned = _SAFE_ID.sub("_", str(hint or "")).strip("._-")[:80]
-    return cleaned or fallback
+    """sample_ids become file names on export: a safe, still readable stem of the hint."""
+    return safe_stem(hint) or fallback
 
 
 def status_of(issues: list[dict[str, str]]) -> str:

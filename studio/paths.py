@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from pathlib import Path
 
 PROJECTS_ENV = "STUDIO_PROJECTS_DIR"
@@ -26,6 +27,24 @@ def check_project_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+# Letters and digits of any script (and their combining marks) read as they are; the rest
+# (separators, punctuation, control characters) could break a file name somewhere.
+_KEPT_CATEGORIES = ("L", "M", "N")
+_ID_MAX_BYTES = 120  # UTF-8 bytes: room for "source_" + ".jpg" under the 255-byte file-name limit
+
+
+def safe_stem(text: str | None) -> str:
+    """A file-name stem from free text: NFC (macOS writes names decomposed), letters, digits,
+    '.', '-' and '_' of any script kept, every other run of characters one '_'. May be ''."""
+    text = unicodedata.normalize("NFC", str(text or ""))
+    kept = "".join(c if c in "._-" or unicodedata.category(c)[0] in _KEPT_CATEGORIES else "\0"
+                   for c in text)
+    stem = re.sub("\0+", "_", kept).strip("._-")
+    while len(stem.encode()) > _ID_MAX_BYTES:
+        stem = stem[:-1]
+    return stem.rstrip("._-")
 
 
 def demo_model_dir(projects: Path) -> Path:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
+
+from studio.paths import safe_stem
 
 FOLDER = "samples"
 INDEX = "samples.json"
@@ -27,7 +28,7 @@ def file_names(sample_ids: list[str]) -> list[str]:
     """Safe, distinct PNG names for sample ids (ids may hold '/', spaces or repeat)."""
     names, seen = [], set()
     for sid in sample_ids:
-        base = re.sub(r"[^A-Za-z0-9._-]+", "_", sid).strip("._") or "sample"
+        base = safe_stem(sid) or "sample"
         name, n = base, 2
         while name in seen:
             name, n = f"{base}-{n}", n + 1
