@@ -337,17 +337,52 @@ def test_dist_backend_is_hccl_on_npu():
         dist_backend("mps")
 
 
-def test_seed_preset_is_eight_cards_zero2_bf16():
+def test_seed_preset_is_eight_cards_zero2_bf16(tmp_path):
+    """The values of the seed recipe's file (Ascend/MindSpeed-MM 37ccda3,
+    examples/diffsynth/qwen_image_edit/accelerate_config.yaml) written out literally, and the
+    file as written read back by accelerate's own loader (what `accelerate launch` does)."""
+    from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+    from accelerate.utils import DistributedType
+
+    from studio.trainer.accelerate_config import write_config
+
     config = seed_accelerate_config()
-    assert config == SEED_ACCELERATE_CONFIG
-    assert config["num_processes"] == 8 and config["distributed_type"] == "DEEPSPEED"
-    assert config["deepspeed_config"]["zero_stage"] == 2
-    assert config["mixed_precision"] == "bf16"
+    assert config["deepspeed_config"] == {
+        "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
+        "offload_optimizer_device": "none", "offload_param_device": "none",
+        "zero3_init_flag": False, "zero_stage": 2}
+    assert (config["distributed_type"], config["mixed_precision"]) == ("DEEPSPEED", "bf16")
+    assert (config["num_processes"], config["num_machines"], config["machine_rank"]) == (8, 1, 0)
+    assert config["main_process_port"] == 6789 and "main_process_ip" not in config
+    assert (config["rdzv_backend"], config["same_network"], config["use_cpu"]) == ("static", True, False)
+    assert (config["downcast_bf16"], config["dynamo_backend"]) == ("no", "no")
+    assert config["main_training_function"] == "main"
+    assert not any(key.startswith("tpu_") for key in config)  # the recipe's leftovers dropped
+
+    loaded = load_config_from_file(str(write_config(tmp_path / "seed.yaml", config)))
+    assert isinstance(loaded, ClusterConfig)  # LOCAL_MACHINE, no unknown keys
+    assert loaded.distributed_type == DistributedType.DEEPSPEED
+    assert (loaded.num_processes, loaded.num_machines, loaded.machine_rank) == (8, 1, 0)
+    assert loaded.mixed_precision == "bf16" and loaded.main_process_port == 6789
+    assert loaded.deepspeed_config["zero_stage"] == 2
+    assert loaded.deepspeed_config["gradient_clipping"] == 1.0
+    assert loaded.deepspeed_config["offload_optimizer_device"] == "none"
+    assert loaded.deepspeed_config["gradient_accumulation_steps"] == 1
+    assert loaded.use_cpu is False and loaded.same_network is True
+    assert loaded.rdzv_backend == "static" and loaded.downcast_bf16 == "no"
 
 
-def test_seed_preset_over_two_nodes():
+def test_seed_preset_over_two_nodes(tmp_path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from studio.trainer.accelerate_config import write_config
+
     config = seed_accelerate_config(num_machines=2, machine_rank=1, main_process_ip="10.0.0.1")
     assert config["num_processes"] == 16 and config["machine_rank"] == 1
+    loaded = load_config_from_file(str(write_config(tmp_path / "node1.yaml", config)))
+    assert (loaded.num_processes, loaded.num_machines, loaded.machine_rank) == (16, 2, 1)
+    assert (loaded.main_process_ip, loaded.main_process_port) == ("10.0.0.1", 6789)
+    assert loaded.deepspeed_config["deepspeed_multinode_launcher"] == "standard"
     assert config["main_process_ip"] == "10.0.0.1" and config["main_process_port"] == 6789
     # one `accelerate launch` per node, not DeepSpeed's pdsh over ssh
     assert config["deepspeed_config"]["deepspeed_multinode_launcher"] == "standard"
