@@ -25,7 +25,20 @@ def test_seed_preset_is_eight_card_zero2_bf16_with_clipping(capsys):
     assert config["mixed_precision"] == "bf16"
     assert config["deepspeed_config"]["zero_stage"] == 2
     assert config["deepspeed_config"]["gradient_clipping"] == 1.0
-    assert "ascend-8-zero2" in PRESETS
+    # The rest of the recipe's ZeRO-2 block, and NPU-specific fields of the preset itself.
+    assert config["deepspeed_config"]["offload_optimizer_device"] == "none"
+    assert config["deepspeed_config"]["offload_param_device"] == "none"
+    assert config["deepspeed_config"]["gradient_accumulation_steps"] == 1
+    assert config["deepspeed_config"]["zero3_init_flag"] is False
+    assert (config["num_machines"], config["machine_rank"], config["use_cpu"]) == (1, 0, False)
+    preset = PRESETS["ascend-8-zero2"]
+    assert (preset["mode"], preset["device"], preset["num_processes"]) == ("zero2", "npu", 8)
+    assert (preset["mixed_precision"], preset["gradient_clipping"]) == ("bf16", 1.0)
+    # The CUDA twin differs only in the device; the CPU preset is two plain DDP processes.
+    assert {**PRESETS["cuda-8-zero2"], "device": "npu"} == preset
+    cpu = make_config(**PRESETS["cpu-2-ddp"])
+    assert (cpu["distributed_type"], cpu["num_processes"], cpu["mixed_precision"]) == ("MULTI_GPU", 2, "no")
+    assert "deepspeed_config" not in cpu
 
 
 def test_multi_node_and_ddp_fields(tmp_path):
