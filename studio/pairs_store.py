@@ -68,9 +68,9 @@ class Pairs:
         skipped, so importing the same data twice adds nothing. sample_ids are made unique
         by suffixing `_2`, `_3`… when another pair already uses the name.
         """
-        pid = self.project_id(project)
         inserted: list[dict[str, Any]] = []
-        with self._lock, self.db.atomic():
+        with self.store.write():  # what is present is read under the write lock
+            pid = self.project_id(project)
             # Column names are the one part of the INSERT that is not a bound parameter.
             unknown = {c for row in rows for c in row} - set(self.db["pairs"].columns_dict)
             if unknown:
@@ -118,10 +118,10 @@ class Pairs:
     def update_instruction(self, project: str, pair_id: int, instruction: str) -> dict[str, Any]:
         from .dataset.checks import pair_issues  # checks know what an instruction may be
 
-        pair = self.require(project, pair_id)
-        pair["instruction"] = instruction
-        issues = pair_issues(pair)
-        with self._lock, self.db.atomic():
+        with self.store.write():
+            pair = self.require(project, pair_id)
+            pair["instruction"] = instruction
+            issues = pair_issues(pair)
             self.db.execute(
                 "UPDATE pairs SET instruction = ?, issues = ?, status = ?, updated_at = ? "
                 "WHERE id = ?", [instruction, json.dumps(issues, ensure_ascii=False),
@@ -130,14 +130,14 @@ class Pairs:
 
     def set_instructions(self, updates: Iterable[tuple[int, str, list[dict[str, str]]]]) -> None:
         """(pair id, instruction, its re-checked issues) for many pairs in one transaction."""
-        with self._lock, self.db.atomic():
+        with self.store.write():
             self.db.conn.executemany(
                 "UPDATE pairs SET instruction = ?, issues = ?, status = ?, updated_at = ? WHERE id = ?",
                 [(text, json.dumps(issues, ensure_ascii=False), status_of(issues), now(), pair_id)
                  for pair_id, text, issues in updates])
 
     def set_issues(self, updates: Iterable[tuple[int, list[dict[str, str]]]]) -> None:
-        with self._lock, self.db.atomic():
+        with self.store.write():
             self.db.conn.executemany(
                 "UPDATE pairs SET issues = ?, status = ? WHERE id = ?",
                 [(json.dumps(issues, ensure_ascii=False), status_of(issues), pair_id)
@@ -146,8 +146,8 @@ class Pairs:
     def set_split(self, project: str, pair_ids: list[int], split: str) -> int:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
-        pid = self.project_id(project)
-        with self._lock, self.db.atomic():
+        with self.store.write():
+            pid = self.project_id(project)
             marks = ",".join("?" * len(pair_ids))
             cursor = self.db.execute(
                 f"UPDATE pairs SET split = ?, updated_at = ? WHERE project_id = ? AND id IN ({marks})",
@@ -158,10 +158,10 @@ class Pairs:
         """Delete pairs, and the image files no other pair of the project uses (images are
         content-addressed, so pairs may share them). Under the store lock, so no pair can
         start using a file between the check and its removal."""
-        pid = self.project_id(project)
         marks = ",".join("?" * len(pair_ids))
         with self._lock:
-            with self.db.atomic():
+            with self.store.write():
+                pid = self.project_id(project)
                 files = _image_files(self.db.execute(
                     f"SELECT source_path, target_path, extra_sources FROM pairs "
                     f"WHERE project_id = ? AND id IN ({marks})", [pid, *pair_ids]))
@@ -174,13 +174,6 @@ class Pairs:
                 if relative.startswith("images/") and ".." not in relative.split("/"):
                     self.path(project, relative).unlink(missing_ok=True)
             return cursor.rowcount
-
-    def _images_in_use(self, pid: int) -> set[str]:
-        used: set[str] = set()
-        for source, target, extras in self.db.execute(
-                "SELECT source_path, target_path, extra_sources FROM pairs WHERE project_id = ?", [pid]):
-            used.update([source, target, *json.loads(extras or "[]")])
-        return used
 
     # -- reading ------------------------------------------------------------
     def _where(self, pid: int, search: str | None, split: str | None,

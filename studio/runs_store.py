@@ -27,7 +27,7 @@ class Runs:
         pid = self.store.require_project(project)["id"]
         row = {"project_id": pid, "name": name, "status": "queued", "run_dir": run_dir,
                "config": json.dumps(config), "devices": devices, "created_at": now()}
-        with self._lock, self.db.atomic():
+        with self.store.write():
             row["id"] = self.db["runs"].insert(row).last_pk
         return self.get(row["id"])
 
@@ -47,7 +47,7 @@ class Runs:
             raise ValueError(f"unknown run status {fields['status']!r}")
         if "config" in fields:
             fields["config"] = json.dumps(fields["config"])
-        with self._lock, self.db.atomic():
+        with self.store.write():
             self.db["runs"].update(run_id, fields)
         return self.get(run_id)
 
@@ -68,7 +68,7 @@ class Runs:
             return self.db["projects"].get(run["project_id"])["name"]
 
     def delete(self, run_id: int) -> None:
-        with self._lock, self.db.atomic():
+        with self.store.write():
             self.db.execute("DELETE FROM adapters WHERE run_id = ?", [run_id])
             self.db.execute("DELETE FROM runs WHERE id = ?", [run_id])
 

@@ -2,7 +2,8 @@
 
 Schema changes are numbered migrations; PRAGMA user_version records how many ran.
 All access goes through one connection guarded by a lock, so the UI's worker threads
-share it safely and writes are serialised (one writer at a time).
+share it safely. Several processes (the UI, CLI imports, training jobs) may open the same
+file: every write goes through Store.write(), which takes SQLite's write lock up front.
 """
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import shutil
 import sqlite3
 import threading
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import sqlite_utils
 from PIL import Image
@@ -106,6 +108,8 @@ def _v5_scheduler_jobs(db: sqlite_utils.Database) -> None:
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_initial, _v2_pair_curation, _v3_edit_kinds, _v4_run_jobs, _v5_scheduler_jobs]
 SCHEMA_VERSION = len(MIGRATIONS)
+# How long a writer waits for another process's write transaction to end.
+BUSY_TIMEOUT_S = 30
 
 
 class Store:
@@ -113,7 +117,7 @@ class Store:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / "studio.db"
-        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
         with self._lock:
@@ -121,25 +125,54 @@ class Store:
             self.db.execute("PRAGMA foreign_keys=ON")
             self.migrate()
 
+    # -- transactions -------------------------------------------------------
+    @contextmanager
+    def write(self) -> Iterator[sqlite_utils.Database]:
+        """One write transaction; every write of the store goes through here.
+
+        BEGIN IMMEDIATE takes SQLite's write lock before the first read, waiting up to
+        BUSY_TIMEOUT_S for another process's writer. A deferred BEGIN would read first and
+        ask for the lock at its first write; if another process committed in between, SQLite
+        fails at once with "database is locked" (the busy timeout cannot help a stale read).
+        So reads that decide a write belong inside the same write() block. A nested block is
+        a savepoint of the outer transaction.
+        """
+        with self._lock:
+            if self.db.conn.in_transaction:
+                with self.db.atomic():
+                    yield self.db
+                return
+            self.db.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+                self.db.conn.execute("COMMIT")
+            except BaseException:
+                self.db.rollback()
+                raise
+
     # -- schema -------------------------------------------------------------
     @property
     def version(self) -> int:
         return self.db.execute("PRAGMA user_version").fetchone()[0]
 
     def migrate(self) -> int:
-        """Run the migrations this file has not seen yet, each in its own transaction."""
-        with self._lock:
-            current = self.version
-            if current > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.path} has schema version {current}, newer than this studio "
-                    f"({SCHEMA_VERSION}); upgrade the studio"
-                )
-            for number in range(current, SCHEMA_VERSION):
-                with self.db.atomic():
-                    MIGRATIONS[number](self.db)
-                    self.db.execute(f"PRAGMA user_version = {number + 1}")
-            return self.version
+        """Run the migrations this file has not seen yet, each in its own transaction.
+        The version is read under the write lock, so two processes opening a new file at
+        once do not both run a migration."""
+        if self.version == SCHEMA_VERSION:  # up to date: nothing to lock for
+            return SCHEMA_VERSION
+        while True:
+            with self.write():
+                current = self.version
+                if current > SCHEMA_VERSION:
+                    raise RuntimeError(
+                        f"{self.path} has schema version {current}, newer than this studio "
+                        f"({SCHEMA_VERSION}); upgrade the studio"
+                    )
+                if current == SCHEMA_VERSION:
+                    return current
+                MIGRATIONS[current](self.db)
+                self.db.execute(f"PRAGMA user_version = {current + 1}")
 
     @property
     def pairs(self):
@@ -165,13 +198,12 @@ class Store:
 
     def create_project(self, name: str) -> dict[str, Any]:
         check_project_name(name)
-        with self._lock:
+        with self.write():
             if self.get_project(name):
                 raise ValueError(f"project {name!r} already exists")
-            with self.db.atomic():
-                self.db["projects"].insert({"name": name, "created_at": now(), "settings": "{}"})
-            self.project_dir(name).mkdir(parents=True, exist_ok=True)
-            return self.get_project(name)
+            self.db["projects"].insert({"name": name, "created_at": now(), "settings": "{}"})
+        self.project_dir(name).mkdir(parents=True, exist_ok=True)
+        return self.get_project(name)
 
     def get_project(self, name: str) -> dict[str, Any] | None:
         with self._lock:
@@ -189,8 +221,8 @@ class Store:
             return list(self.db["projects"].rows_where(order_by="name"))
 
     def delete_project(self, name: str) -> None:
-        project = self.require_project(name)
-        with self._lock, self.db.atomic():
+        with self.write():
+            project = self.require_project(name)
             for table in ("edits", "adapters", "runs", "pairs"):
                 self.db.execute(f"DELETE FROM {table} WHERE project_id = ?", [project["id"]])
             self.db.execute("DELETE FROM projects WHERE id = ?", [project["id"]])
@@ -216,7 +248,7 @@ class Store:
                    inputs=json.dumps(input_paths), output_path=str(folder / "output.png"),
                    seconds=round(seconds, 3), created_at=now(), kind=kind,
                    params=json.dumps(params, default=str))
-        with self._lock, self.db.atomic():
+        with self.write():
             row["id"] = self.db["edits"].insert(row).last_pk
         return row
 
@@ -244,7 +276,7 @@ class Store:
         pid = self.require_project(project)["id"]
         row = {"project_id": pid, "run_id": run_id, "name": name, "step": step,
                "path": str(path), "created_at": now()}
-        with self._lock, self.db.atomic():
+        with self.write():
             row["id"] = self.db["adapters"].insert(row).last_pk
         return row
 
