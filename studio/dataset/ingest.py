@@ -2,6 +2,12 @@
 
 Rows are committed in batches, so an import that fails half-way keeps what it stored,
 and a bad row is reported (by row and reason) without stopping the others.
+
+Running an import again is safe, also after a crash or alongside other imports into the
+same project: a row whose pair_key (its images and instruction) is stored already is
+skipped, and images are named by their content hash, so image files left behind by an
+import that died before inserting its rows are the very files a re-run would write;
+it finds them in place and its rows use them.
 """
 from __future__ import annotations
 
@@ -137,13 +143,16 @@ def _chunks(items: Iterable[Candidate], size: int) -> Iterator[list[Candidate]]:
 
 
 def mark_duplicates(store: Store, project: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
-    """Warn on every pair that shares both images with another pair; returns how many."""
+    """Warn on every pair that shares both images with another pair; returns how many.
+    One transaction, so no concurrent edit of a pair falls between reading it and
+    writing its issues back."""
     pairs, updates = store.pairs, []
-    for group in pairs.duplicate_groups(project):
-        for pair_id, sample_id in group:
-            others = ", ".join(s for i, s in group if i != pair_id)
-            row = pairs.require(project, pair_id)
-            updates.append((pair_id, pair_issues(row, max_pixels) + [
-                issue("warning", f"duplicate: same source and target images as {others}")]))
-    pairs.set_issues(updates)
+    with store.write():
+        for group in pairs.duplicate_groups(project):
+            for pair_id, sample_id in group:
+                others = ", ".join(s for i, s in group if i != pair_id)
+                row = pairs.require(project, pair_id)
+                updates.append((pair_id, pair_issues(row, max_pixels) + [
+                    issue("warning", f"duplicate: same source and target images as {others}")]))
+        pairs.set_issues(updates)
     return len(updates)

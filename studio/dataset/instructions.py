@@ -5,6 +5,7 @@ Dataset tab shows). Changed pairs are re-checked, as an edit of one instruction 
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from ..store import Store
@@ -36,15 +37,20 @@ class Rewrite:
 
 def rewrite_instructions(store: Store, project: str, rewrite: Rewrite, search: str | None = None,
                          dry_run: bool = False) -> list[tuple[str, str, str]]:
-    """Returns (sample_id, old, new) for every instruction that changes (or would)."""
+    """Returns (sample_id, old, new) for every instruction that changes (or would).
+
+    Reads and writes in one transaction: a pair edited or imported meanwhile by another
+    process is either rewritten from its current text or not yet there, never written
+    back from a stale read."""
     changes, updates = [], []
-    for pair in store.pairs.iterate(project, search=search or None):
-        old = pair["instruction"] or ""
-        new = rewrite.apply(old)
-        if new != old:
-            changes.append((pair["sample_id"], old, new))
-            updates.append((pair["id"], new, pair_issues({**pair, "instruction": new})))
-    if updates and not dry_run:
-        store.pairs.set_instructions(updates)
-        mark_duplicates(store, project)  # re-checking a pair drops its duplicate warning
+    with nullcontext() if dry_run else store.write():
+        for pair in store.pairs.iterate(project, search=search or None):
+            old = pair["instruction"] or ""
+            new = rewrite.apply(old)
+            if new != old:
+                changes.append((pair["sample_id"], old, new))
+                updates.append((pair["id"], new, pair_issues({**pair, "instruction": new})))
+        if updates and not dry_run:
+            store.pairs.set_instructions(updates)
+            mark_duplicates(store, project)  # re-checking a pair drops its duplicate warning
     return changes
