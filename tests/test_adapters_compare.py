@@ -43,6 +43,30 @@ def test_adapter_edit_matches_plain_diffusers_load_lora_weights(demo_model, demo
     assert np.array_equal(pixels(ours.image), pixels(theirs))
 
 
+def test_an_alpha_other_than_rank_scales_the_edit_like_b_times_alpha_over_rank(demo_model, demo_editor,
+                                                                           tmp_path):
+    """A file with `.alpha` keys (alpha 8, rank 4) is the same LoRA as one with lora_B doubled
+    and no alpha, folded here by hand; the unscaled file (alpha taken as rank) is a different
+    edit, so a loader that dropped or misapplied the scale would fail."""
+    from safetensors.torch import save_file
+
+    weights = random_lora(demo_model, rank=4, seed=3, scale=0.3)
+    with_alpha = {f"diffusion_model.{k}.weight": v for k, v in weights.items()}
+    with_alpha.update({f"diffusion_model.{k[: -len('.lora_A')]}.alpha": torch.tensor(8.0)
+                       for k in weights if k.endswith(".lora_A")})
+    save_file(with_alpha, str(tmp_path / "alpha8.safetensors"))
+    folded = {k: v * 2 if k.endswith(".lora_B") else v for k, v in weights.items()}
+    paths = {"alpha8": tmp_path / "alpha8.safetensors",
+             "folded": save_lora(folded, tmp_path / "folded.safetensors", "comfyui"),
+             "unscaled": save_lora(weights, tmp_path / "unscaled.safetensors", "comfyui")}
+    image = make_image()
+    out = {k: pixels(demo_editor.edit(image, PROMPT, seed=6, adapters=[AdapterRef(p)], **KW).image)
+           for k, p in paths.items()}
+    assert np.array_equal(out["alpha8"], out["folded"])  # x2 on A or on B: exact in floats
+    difference = np.abs(out["alpha8"] - out["unscaled"])
+    assert difference.mean() > 1 and difference.max() > 20  # measured: 3.9 and 41 levels
+
+
 def test_switching_adapters_needs_no_reload_and_returns_to_the_same_output(demo_editor, loras):
     image = make_image()
     edit = lambda adapters: pixels(demo_editor.edit(image, PROMPT, seed=1, adapters=adapters, **KW).image)  # noqa: E731
