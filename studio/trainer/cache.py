@@ -10,14 +10,13 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .data import Pair, crop_and_resize, load_rgb, reference_edit_size, target_size
+from .run_files import replacing
 
 CACHE_VERSION = 1
 PLUS_CONDITION_AREA = 384 * 384  # the Plus pipeline's VL-encoder image area (CONDITION_IMAGE_SIZE)
@@ -123,11 +122,5 @@ class EncodedCache:
     def save(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp)
-            os.replace(tmp, target)  # readers never see half a file
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with replacing(target) as tmp:  # readers never see half a file
+            save_file(tensors, str(tmp))

@@ -8,13 +8,13 @@ apply the same delta as tools that read alpha.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from .run_files import replacing
 
 PREFIX = "diffusion_model."
 ADAPTER = "default"
@@ -59,14 +59,8 @@ def save_lora(path: Path, transformer, rank: int, alpha: float, meta: dict | Non
     metadata = {"format": "comfyui", "lora_rank": str(rank), "lora_alpha": str(alpha),
                 "alpha_folded_into_lora_B": "true",
                 **{k: str(v) for k, v in (meta or {}).items()}}
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(export_state(transformer, rank, alpha), tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with replacing(path) as tmp:
+        save_file(export_state(transformer, rank, alpha), str(tmp), metadata=metadata)
     return path
 
 

@@ -8,11 +8,18 @@ the job manager, the CLI and the UI read them. No torch here, so readers stay li
     resume.json                         {"state": "states/step-000010"}: the current one,
                                         replaced atomically, so some state is always valid
     error.json                          the trainer's own fatal error, written as it dies
+
+Every file is written beside its place and renamed into it (`replacing`), folders are built
+under a dot-name (`partial`); what a kill leaves of either, `clean_leftovers` removes.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 METRICS = "metrics.jsonl"
@@ -23,7 +30,11 @@ STATES = "states"
 POINTER = "resume.json"
 STATE = "state.json"
 ERROR = "error.json"
+SAMPLES = "samples"
 LEGACY_RESUME = "resume"  # the single resume folder of runs made before states/
+# ...and, in the order to try, the names its swap used: a kill between the swap's renames left
+# the only state in .resume.old (or the new one, complete, in .resume.staging).
+_LEGACY = (LEGACY_RESUME, ".resume.staging", ".resume.old")
 # When error.json cannot be written (disk full, unwritable folder), the trainer prints its
 # error on stderr behind this prefix; the supervisor's log keeps it.
 FATAL_PREFIX = "studio.trainer fatal error: "
@@ -48,8 +59,23 @@ def state_dir(output: Path, step: int) -> Path:
     return Path(output) / STATES / f"step-{step:06d}"
 
 
-def _complete(folder: Path) -> bool:
+def partial(folder: Path) -> Path:
+    """Where a folder is built before it is renamed into place."""
+    return folder.with_name(f".{folder.name}.partial")
+
+
+def complete(folder: Path) -> bool:
     return (folder / STATE).is_file()
+
+
+def state_step(folder: Path) -> int:
+    return int(folder.name.split("-")[1])
+
+
+def states(output: Path) -> list[Path]:
+    """The complete states under states/, oldest first."""
+    found = [p for p in (Path(output) / STATES).glob("step-*") if complete(p)]
+    return sorted(found, key=state_step)
 
 
 def current_state(output: Path) -> Path | None:
@@ -58,16 +84,59 @@ def current_state(output: Path) -> Path | None:
     output = Path(output)
     try:
         named = output / json.loads((output / POINTER).read_text())["state"]
-        if _complete(named):
+        if complete(named):
             return named
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    states = sorted((p for p in (output / STATES).glob("step-*") if _complete(p)), reverse=True) \
-        if (output / STATES).is_dir() else []
-    if states:
-        return states[0]
-    legacy = output / LEGACY_RESUME
-    return legacy if _complete(legacy) else None
+    found = states(output)
+    if found:
+        return found[-1]
+    return next((output / name for name in _LEGACY if complete(output / name)), None)
+
+
+@contextmanager
+def replacing(path: Path):
+    """Yields a temporary path beside `path` to write; once written, it gets an ordinary file's
+    mode (mkstemp makes 0600 files) and replaces `path` whole, so readers never see half a
+    file. A kill leaves at most a `.NAME.*.tmp` behind."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, value) -> None:
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+
+
+def point_to(output: Path, state: Path) -> None:
+    """Make `state` the current resume state, in one atomic step."""
+    write_json(Path(output) / POINTER, {"state": state.relative_to(output).as_posix()})
+
+
+def clean_leftovers(output: Path) -> None:
+    """What kills left half-made: temporary files and dot-named folders being built, and the
+    last run's error. Only at a start, when nothing else writes here."""
+    output = Path(output)
+    for tmp in output.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    for sub in (STATES, SAMPLES):
+        for leftover in (output / sub).glob(".*"):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    (output / ERROR).unlink(missing_ok=True)
+
+
+def write_error(output: Path, message: str) -> None:
+    """Raises OSError when even this cannot be written (see FATAL_PREFIX)."""
+    Path(output).mkdir(parents=True, exist_ok=True)
+    write_json(Path(output) / ERROR, {"error": message, "time": time.time()})
 
 
 def read_error(output: Path) -> str | None:
@@ -86,7 +155,11 @@ def fatal_line(lines: list[str]) -> str | None:
 
 
 def file_mode() -> int:
-    """The mode an ordinary new file gets under the current umask (mkstemp's files are 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    """The mode an ordinary new file gets under the current umask."""
+    try:  # Linux shows the umask; setting it to read it would race other threads' files
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0)
+        os.umask(mask)
     return 0o666 & ~mask
