@@ -174,7 +174,8 @@ def test_csv_rows_with_missing_files_are_reported(store, tmp_path):
     rows = [("images/edited_0.jpg", "images/source_0.jpg", "ok"), ("images/nope.jpg", "images/source_1.jpg", "x")]
     folder = _metadata_folder(tmp_path, rows)
     report = importers.import_metadata(store, "p", folder / "metadata_edit.csv")
-    assert report.added == 1 and report.errors == [("metadata_edit.csv row 2", "file not found: images/nope.jpg")]
+    assert report.added == 1 and report.errors == [("metadata_edit.csv row 2",
+                                                    f"not found in {folder}: images/nope.jpg")]
 
 
 def test_diffsynth_jsonl_with_2509_lists(store, tmp_path):

@@ -107,6 +107,9 @@ def run_import(args) -> int:
     store.require_project(args.project)
     bar = _Bar("importing")
     options = {"progress": bar, "max_pixels": args.max_pixels}
+    # Tables may name any local file (absolute paths, `..`): they are the files of the user
+    # running the CLI. The browser's uploads never get this.
+    local = {"allow_local_paths": True}
     try:
         if args.source:
             if not args.target or args.instruction is None:
@@ -114,17 +117,17 @@ def run_import(args) -> int:
             report = importers.import_pair(store, args.project, args.source, args.target,
                                            args.instruction, max_pixels=args.max_pixels)
         elif args.pairs:
-            report = importers.import_folder(store, args.project, args.pairs, **options)
+            report = importers.import_folder(store, args.project, args.pairs, **local, **options)
         elif args.zip:
             report = importers.import_zip(store, args.project, args.zip, **options)
         elif args.csv:
-            report = importers.import_metadata(store, args.project, args.csv, **options)
+            report = importers.import_metadata(store, args.project, args.csv, **local, **options)
         elif args.files:
             report = importers.import_files(store, args.project, args.files, **options)
         else:
             report = importers.import_parquet(store, args.project, args.parquet, columns=args.columns,
                                               limit=args.limit, offset=args.offset,
-                                              min_scores=args.min_score, **options)
+                                              min_scores=args.min_score, **local, **options)
     finally:
         bar.close()
     for line in report.lines():

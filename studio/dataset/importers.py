@@ -39,10 +39,11 @@ def import_fileset(store: Store, project: str, files: FileSet, progress: Progres
     return _run(store, project, candidates, report, progress, max_pixels)
 
 
-def import_folder(store: Store, project: str, folder: str | Path, **options) -> ImportReport:
+def import_folder(store: Store, project: str, folder: str | Path, allow_local_paths: bool = False,
+                  **options) -> ImportReport:
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"folder not found: {folder}")
-    return import_fileset(store, project, FolderFiles(folder), **options)
+    return import_fileset(store, project, FolderFiles(folder, local_paths=allow_local_paths), **options)
 
 
 def import_zip(store: Store, project: str, path: str | Path, **options) -> ImportReport:
@@ -55,55 +56,57 @@ def import_files(store: Store, project: str, paths: list[str | Path], **options)
     return import_fileset(store, project, ListFiles(paths), **options)
 
 
+def _beside(path: Path, allow_local_paths: bool) -> FolderFiles:
+    """What a table file on disk may name: files under its folder; with allow_local_paths
+    (only the CLI sets it: its user reads their own files) any local file."""
+    return FolderFiles(path.parent, names=[path.name], local_paths=allow_local_paths)
+
+
 def import_metadata(store: Store, project: str, path: str | Path, progress: Progress | None = None,
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> ImportReport:
+                    max_pixels: int = DEFAULT_MAX_PIXELS, allow_local_paths: bool = False) -> ImportReport:
     """A metadata_edit.csv, or DiffSynth/musubi JSON or JSONL; paths relative to its folder."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"metadata file not found: {path}")
     report = ImportReport()
-    files = FolderFiles(path.parent, names=[path.name])
+    files = _beside(path, allow_local_paths)
     candidates = metadata_candidates(files, path.name, report)
     return _run(store, project, candidates, report, progress, max_pixels)
 
 
-def import_parquet(store: Store, project: str, path: str | Path, columns: str | None = None,
-                   limit: int | None = None, offset: int = 0, min_scores: list[str] | dict | None = None,
-                   progress: Progress | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImportReport:
+def import_parquet(store: Store, project: str, path: str | Path, allow_local_paths: bool = False,
+                   **options) -> ImportReport:
+    path = Path(path)
+    return _import_parquet(store, project, path, _beside(path, allow_local_paths), **options)
+
+
+def _import_parquet(store: Store, project: str, path: Path, files: FileSet, columns: str | None = None,
+                    limit: int | None = None, offset: int = 0, min_scores: list[str] | dict | None = None,
+                    progress: Progress | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImportReport:
+    """Parquet rows; a path in an image cell may name only one of `files`."""
     report = ImportReport()
     if not isinstance(min_scores, dict):
         min_scores = parse_min_scores(min_scores)
-    rows = ParquetImport(path, report, columns=columns, limit=limit, offset=offset, min_scores=min_scores)
+    rows = ParquetImport(path, report, files, columns=columns, limit=limit, offset=offset,
+                         min_scores=min_scores)
     return _run(store, project, rows, report, progress, max_pixels, total=rows.total)
 
 
-def import_path(store: Store, project: str, path: str | Path, **options) -> ImportReport:
-    """Any one uploaded or given file or folder, by its kind."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if path.is_dir():
-        return import_folder(store, project, path, **options)
-    if suffix == ".zip":
-        return import_zip(store, project, path, **options)
-    if suffix == ".parquet":
-        return import_parquet(store, project, path, **options)
-    if suffix in (".csv", ".json", ".jsonl"):
-        return import_metadata(store, project, path, **options)
-    return import_files(store, project, [path], **options)
-
-
 def import_uploads(store: Store, project: str, paths: list[str | Path], **options) -> ImportReport:
-    """What the Dataset tab's upload box gets: one zip, parquet or metadata file, or many files."""
+    """What the Dataset tab's upload box gets: one zip or parquet file, or many files.
+
+    A table among them (or in the zip, or a parquet's path cells) names only files of the
+    same upload, never a path on the server: nothing here reads local paths."""
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no files given")
     kinds = {p.suffix.lower() for p in paths}
-    if len(paths) == 1 and kinds & {".zip", ".parquet", ".csv", ".json", ".jsonl"}:
-        if kinds != {".parquet"}:
-            options = _no_parquet(options)
-        return import_path(store, project, paths[0], **options)
     if kinds & {".zip", ".parquet"}:
-        raise ValueError("upload a zip or a parquet file on its own, not mixed with other files")
+        if len(paths) > 1:
+            raise ValueError("upload a zip or a parquet file on its own, not mixed with other files")
+        if kinds == {".parquet"}:
+            return _import_parquet(store, project, paths[0], ListFiles(paths), **options)
+        return import_zip(store, project, paths[0], **_no_parquet(options))
     return import_files(store, project, paths, **_no_parquet(options))
 
 

@@ -126,7 +126,7 @@ def metadata_candidates(files: FileSet, name: str, report: ImportReport,
         resolved = [files.resolve(name, ref) for ref in [*sources, targets[0]]]
         missing = [ref for ref, found in zip([*sources, targets[0]], resolved) if not found]
         if missing:
-            report.error(label, f"file not found: {', '.join(missing)}")
+            report.error(label, f"{files.absent}: {', '.join(missing)}")
             continue
         if claimed is not None:
             claimed.update(resolved)

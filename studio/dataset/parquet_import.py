@@ -4,7 +4,8 @@ Known layouts (detected from the column names): UltraEdit (`source_image`, `edit
 `edit_prompt`, `idx`, score columns such as `clip_sim_*` and `ssim`), InstructPix2Pix
 (`input_image`, `edited_image`, `edit_prompt`) and MagicBrush (`source_img`, `target_img`,
 `instruction`); or an explicit mapping `source=…,target=…,prompt=…[,id=…]`. Image cells may
-be Hugging Face image structs ({bytes, path}), raw bytes, or a path relative to the file.
+be Hugging Face image structs ({bytes, path}), raw bytes, or a path: one of the files the
+caller gives (files beside the parquet file, or for an upload only what was uploaded).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .report import ImportReport
-from .sources import Candidate, ImageRef, bytes_ref, path_ref
+from .sources import Candidate, FileSet, ImageRef, bytes_ref
 
 LAYOUTS = {
     "UltraEdit": {"source": "source_image", "target": "edited_image", "prompt": "edit_prompt", "id": "idx"},
@@ -73,25 +74,13 @@ def score_columns(schema: pa.Schema, mapping: dict[str, str]) -> list[str]:
             and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))]
 
 
-def _image_ref(value: Any, name: str, folder: Path) -> ImageRef | None:
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return bytes_ref(name, value["bytes"])
-        value = value.get("path")
-    if isinstance(value, (bytes, bytearray)):
-        return bytes_ref(name, bytes(value))
-    if isinstance(value, str) and value:
-        path = Path(value) if Path(value).is_absolute() else folder / value
-        return path_ref(path, f"{name} ({value})")
-    return None
-
-
 class ParquetImport:
     """Iterating yields candidates; `total` is the number of file rows it will look at."""
 
-    def __init__(self, path: str | Path, report: ImportReport, columns: str | None = None,
+    def __init__(self, path: str | Path, report: ImportReport, files: FileSet, columns: str | None = None,
                  limit: int | None = None, offset: int = 0, min_scores: dict[str, float] | None = None):
         self.path = Path(path)
+        self.files = files  # what a path in an image cell may name
         if not self.path.is_file():
             raise FileNotFoundError(f"parquet file not found: {self.path}")
         try:
@@ -142,13 +131,30 @@ class ParquetImport:
                 self.report.filtered += 1
                 continue
             m = self.mapping
-            source = _image_ref(data[m["source"]][i], f"{label} {m['source']}", self.path.parent)
-            target = _image_ref(data[m["target"]][i], f"{label} {m['target']}", self.path.parent)
-            if source is None or target is None:
-                self.report.error(label, f"no image in {m['source'] if source is None else m['target']}")
+            try:
+                source, target = (self._image_ref(data[m[role]][i], m[role], label)
+                                  for role in ("source", "target"))
+            except LookupError as exc:
+                self.report.error(label, str(exc))
                 continue
             ident = data[m["id"]][i] if "id" in m else None
             yield Candidate(row=label, source=source, target=target,
                             instruction=str(data[m["prompt"]][i] or ""),
                             sample_id=str(ident) if ident is not None else f"{self.path.stem}_{row}",
                             meta={"origin": f"{self.path.name}#{row}", "scores": scores})
+
+    def _image_ref(self, value: Any, column: str, label: str) -> ImageRef:
+        """The image in one cell; LookupError says why there is none."""
+        name = f"{label} {column}"
+        if isinstance(value, dict):
+            if value.get("bytes"):
+                return bytes_ref(name, value["bytes"])
+            value = value.get("path")
+        if isinstance(value, (bytes, bytearray)):
+            return bytes_ref(name, bytes(value))
+        if not isinstance(value, str) or not value:
+            raise LookupError(f"no image in {column}")
+        found = self.files.resolve(self.path.name, value)
+        if found is None:
+            raise LookupError(f"{column}: {self.files.absent}: {value}")
+        return ImageRef(f"{name} ({value})", lambda: self.files.read(found))

@@ -2,7 +2,8 @@
 
 A file set (a folder, a zip, a list of uploaded files) is a mapping of POSIX relative
 names to readers, so pairing and metadata code never touches the file system directly,
-and nothing in a zip is ever extracted.
+and nothing in a zip is ever extracted. A metadata file's references resolve only to
+files of its own set: an upload's table can never name a file elsewhere on the server.
 """
 from __future__ import annotations
 
@@ -42,7 +43,11 @@ def path_ref(path: str | Path, name: str | None = None) -> ImageRef:
 
 
 class FileSet:
-    """Named files: `names` in a stable order, `read(name)`, `label(name)` for messages."""
+    """Named files: `names` in a stable order, `read(name)`, `label` for messages, and
+    `absent`: what a reference that resolves to none of them is told. It is the same
+    whether or not such a path exists somewhere, so a message never reveals that."""
+
+    absent = "file not found"
 
     def __init__(self, label: str):
         self.label = label
@@ -67,23 +72,33 @@ class FileSet:
 
 
 class FolderFiles(FileSet):
-    def __init__(self, root: str | Path, names: list[str] | None = None):
+    """Files on disk. Metadata may name files under the folder; with `local_paths` (the CLI,
+    whose user reads their own files) any local file, absolute paths and `..` included."""
+
+    def __init__(self, root: str | Path, names: list[str] | None = None, local_paths: bool = False):
         self.root = Path(root)
         super().__init__(str(self.root))
         if names is None:
             names = sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
                            if p.is_file() and not _hidden(p.relative_to(self.root).as_posix()))
         self.names = names
+        self.local_paths = local_paths
+
+    @property
+    def absent(self) -> str:
+        return "file not found" if self.local_paths else f"not found in {self.root}"
 
     def read(self, name: str) -> bytes:
         return (self.root / name).read_bytes()
 
     def resolve(self, base: str, reference: str) -> str | None:
-        # Metadata on disk may point anywhere the user chose, absolute paths included.
         found = super().resolve(base, reference)
         if found:
             return found
-        path = Path(reference) if Path(reference).is_absolute() else self.root / posixpath.dirname(base) / reference
+        # Not listed (a metadata file's folder is not scanned): looked up on disk.
+        path = self.root / posixpath.dirname(base) / reference  # an absolute reference wins
+        if not (self.local_paths or path.resolve().is_relative_to(self.root.resolve())):
+            return None
         if path.is_file():
             self.names.append(str(path))
             self._index.add(str(path))
@@ -93,6 +108,8 @@ class FolderFiles(FileSet):
 
 class ListFiles(FileSet):
     """Uploaded files: known by base name (uploads arrive in separate temporary folders)."""
+
+    absent = "not among the uploaded files"
 
     def __init__(self, paths: list[str | Path]):
         super().__init__("uploaded files")
@@ -112,6 +129,8 @@ class ListFiles(FileSet):
 
 class ZipFiles(FileSet):
     """A zip read in place. Entries with absolute paths or `..` make the whole zip refused."""
+
+    absent = "not in the zip"
 
     def __init__(self, path: str | Path):
         super().__init__(str(path))

@@ -78,7 +78,8 @@ def build(store: Store, project: gr.Dropdown) -> None:
                 add_one = gr.Button("Add pair", variant="primary", elem_id="ds-add-pair")
         uploads = gr.File(file_count="multiple", label="Many pairs: images paired by name "
                           "(source_<id>/edited_<id>, before/after, …) with .txt or CSV/JSON "
-                          "instructions, or one zip, metadata_edit.csv, JSON/JSONL or parquet file",
+                          "instructions, or named in a metadata_edit.csv/JSON/JSONL uploaded "
+                          "with them; or one zip or parquet file",
                           elem_id="ds-uploads")
         with gr.Accordion("Parquet options", open=False):
             with gr.Row():

@@ -1,0 +1,124 @@
+"""Imports that must not leak server files: tables in an upload reach only the files
+uploaded with them (issue 19, defect 2)."""
+import json
+from pathlib import Path
+
+import gradio as gr
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from gradio_client import Client, handle_file
+
+from studio.cli import main
+from studio.dataset import importers
+from studio.store import Store
+from studio.ui import dataset_tab, project_bar
+from tests.app_process import free_port
+from tests.dataset_helpers import jpeg, store, write_pair  # noqa: F401 (fixture)
+
+
+@pytest.fixture
+def server_files(tmp_path):
+    """Files on the server, outside any upload: a picture, a secret, and a path that is not there."""
+    folder = tmp_path / "server"
+    folder.mkdir()
+    (folder / "private.jpg").write_bytes(jpeg(7))
+    (folder / "shadow").write_text("root:$6$saltsalt$hash:19000:0:99999:7:::\n")
+    return {"image": str(folder / "private.jpg"), "secret": str(folder / "shadow"),
+            "missing": str(folder / "nothing-here.jpg"),
+            "climbing": "../server/private.jpg"}  # relative to the upload's own folder
+
+
+def table_upload(folder: Path, references: list[str]) -> Path:
+    """A CSV whose rows each name one reference as both images (the only problem of the row)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "metadata_edit.csv"
+    path.write_text("image,edit_image,prompt\n" + "".join(f"{r},{r},leak\n" for r in references))
+    return path
+
+
+def images_stored(store, project="p") -> list[Path]:
+    return [p for p in (store.project_dir(project) / "images").rglob("*") if p.is_file()]
+
+
+def reasons_without_references(errors, references) -> set[str]:
+    """The rejection reasons with each row's own reference text taken out."""
+    return {reason.replace(ref, "REF") for (_, reason), ref in zip(errors, references)}
+
+
+# -- defect 2: an uploaded table reaches only the files uploaded with it ------------------
+
+def test_an_uploaded_table_cannot_pull_server_files(store, tmp_path, server_files):
+    references = list(server_files.values())
+    upload = table_upload(tmp_path / "upload", references)
+    report = importers.import_uploads(store, "p", [upload])
+    assert report.added == 0 and len(report.errors) == len(references)
+    assert reasons_without_references(report.errors, references) == {
+        "not among the uploaded files: REF, REF"}
+    assert images_stored(store) == []
+
+
+def test_an_uploaded_table_reads_the_images_uploaded_with_it(store, tmp_path):
+    write_pair(tmp_path / "upload", "source_0.jpg", "edited_0.jpg")
+    records = [{"image": "images/edited_0.jpg", "edit_image": "images/source_0.jpg", "prompt": "p"}]
+    (tmp_path / "upload" / "meta.jsonl").write_text(json.dumps(records[0]) + "\n")
+    report = importers.import_uploads(store, "p", [tmp_path / "upload" / n for n in
+                                                   ("meta.jsonl", "source_0.jpg", "edited_0.jpg")])
+    assert report.added == 1 and not report.errors
+
+
+def test_an_uploaded_parquet_cannot_name_server_files(store, tmp_path, server_files):
+    references = list(server_files.values())
+    path = tmp_path / "upload" / "u.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.table({"source_image": references, "edited_image": references,
+                             "edit_prompt": ["leak"] * len(references)}), path)
+    report = importers.import_uploads(store, "p", [path])
+    assert report.added == 0 and len(report.errors) == len(references)
+    assert reasons_without_references(report.errors, references) == {
+        "source_image: not among the uploaded files: REF"}
+    assert images_stored(store) == []
+
+
+def test_a_table_on_disk_reads_local_paths_only_when_the_caller_allows(store, tmp_path, projects):
+    write_pair(tmp_path / "elsewhere", "source_0.jpg", "edited_0.jpg")
+    elsewhere = tmp_path / "elsewhere"
+    (tmp_path / "ds").mkdir()
+    table = tmp_path / "ds" / "metadata_edit.csv"
+    table.write_text(f"image,edit_image,prompt\n{elsewhere}/edited_0.jpg,../elsewhere/source_0.jpg,x\n")
+    refused = importers.import_metadata(store, "p", table)
+    assert refused.added == 0 and "not found in" in refused.errors[0][1]
+    assert importers.import_metadata(store, "p", table, allow_local_paths=True).added == 1
+    # The CLI is run by the user whose files they are: it reads their local paths.
+    assert main(["--projects-dir", str(projects), "project", "create", "cli"]) == 0
+    assert main(["--projects-dir", str(projects), "dataset", "import", "--project", "cli",
+                 "--csv", str(table)]) == 0
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    store = Store(tmp_path_factory.mktemp("safety") / "projects")
+    store.create_project("default")
+    with gr.Blocks() as app:
+        project = project_bar.build(store)
+        dataset_tab.build(store, project)
+    app.queue()
+    app.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(app.local_url, verbose=False), store
+    finally:
+        app.close()
+
+
+def test_the_dataset_tab_gives_one_answer_for_any_server_path(served, tmp_path, server_files):
+    client, store = served
+    references = [server_files["image"], server_files["secret"], server_files["missing"],
+                  "/etc/passwd", "/no/such/file"]
+    upload = table_upload(tmp_path / "upload", references)
+    report, *_ = client.predict("default", [handle_file(str(upload))], 0, 0, "", "", "", 1,
+                                api_name="/dataset_import")
+    rejected = [line.split(": ", 2)[2] for line in report.splitlines() if line.startswith("rejected: ")]
+    assert len(rejected) == len(references)
+    assert {line.replace(ref, "REF") for line, ref in zip(rejected, references)} == {
+        "not among the uploaded files: REF, REF"}
+    assert store.pairs.count("default") == 0 and images_stored(store, "default") == []
