@@ -1,6 +1,9 @@
-"""Imports that must not leak server files: tables in an upload reach only the files
-uploaded with them (issue 19, defect 2)."""
+"""Imports that must not leak server files or lose good pairs: tables in an upload reach only
+the files uploaded with them (issue 19, defect 2), a corrupt zip member is reported alone
+(defect 5)."""
 import json
+import struct
+import zipfile
 from pathlib import Path
 
 import gradio as gr
@@ -122,3 +125,47 @@ def test_the_dataset_tab_gives_one_answer_for_any_server_path(served, tmp_path, 
     assert {line.replace(ref, "REF") for line, ref in zip(rejected, references)} == {
         "not among the uploaded files: REF, REF"}
     assert store.pairs.count("default") == 0 and images_stored(store, "default") == []
+
+
+# -- defect 5: a corrupt zip member is named, the other pairs are kept ---------------------
+
+def corrupt(archive: Path, member: str) -> None:
+    """Flip bytes in the middle of one member's stored data, so its CRC (or inflate) fails."""
+    with zipfile.ZipFile(archive) as z:
+        info = z.getinfo(member)
+    data = bytearray(archive.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    middle = info.header_offset + 30 + name_length + extra_length + info.compress_size // 2
+    data[middle:middle + 4] = bytes(b ^ 0xFF for b in data[middle:middle + 4])
+    archive.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED],
+                         ids=["stored", "deflated"])
+@pytest.mark.parametrize("bad", ["source_2.jpg", "2.txt"])
+def test_a_corrupt_zip_member_is_named_and_the_other_pairs_kept(store, tmp_path, compression, bad):
+    archive = tmp_path / "pairs.zip"
+    with zipfile.ZipFile(archive, "w", compression) as z:
+        for n in range(4):
+            z.writestr(f"source_{n}.jpg", jpeg(n))
+            z.writestr(f"edited_{n}.jpg", jpeg(n + 10))
+            z.writestr(f"{n}.txt", f"instruction number {n} " * 20)
+    corrupt(archive, bad)
+    report = importers.import_zip(store, "p", archive)
+    assert report.added == 3
+    assert [row for row, _ in report.errors] == ["pair 2"] and bad in report.errors[0][1]
+    assert "corrupt" in report.errors[0][1]
+
+
+def test_a_corrupt_table_in_a_zip_is_named_and_the_files_still_pair(store, tmp_path):
+    archive = tmp_path / "pairs.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for n in range(2):
+            z.writestr(f"source_{n}.jpg", jpeg(n))
+            z.writestr(f"edited_{n}.jpg", jpeg(n + 10))
+        z.writestr("metadata_edit.csv", "image,edit_image,prompt\n"
+                   + "".join(f"edited_{n}.jpg,source_{n}.jpg,edit {n}\n" for n in range(40)))
+    corrupt(archive, "metadata_edit.csv")
+    report = importers.import_zip(store, "p", archive)
+    assert report.added == 2
+    assert [row for row, _ in report.errors] == ["metadata_edit.csv"] and "corrupt" in report.errors[0][1]

@@ -10,7 +10,7 @@ import posixpath
 from .metadata import ID_KEYS, PROMPT_KEYS, first_key, is_pair_metadata, metadata_candidates, read_records
 from .naming import TABLE_EXTENSIONS, parse_name
 from .report import ImportReport
-from .sources import Candidate, FileSet
+from .sources import Candidate, FileSet, UnreadableFile
 
 _TABLE_FILE_KEYS = ("file", "filename", "file_name", "name", "image", "target", "source", "edit_image")
 
@@ -38,7 +38,11 @@ def fileset_candidates(files: FileSet, report: ImportReport) -> list[Candidate]:
         if posixpath.splitext(name)[1].lower() not in TABLE_EXTENSIONS:
             continue
         claimed.add(name)
-        records = read_records(files, name, report)
+        try:
+            records = read_records(files, name, report)
+        except UnreadableFile as exc:  # e.g. a corrupt zip member: the other files still pair
+            report.error(name, f"cannot be read ({exc})")
+            continue
         if is_pair_metadata(records):
             candidates += metadata_candidates(files, name, report, claimed, records)
         else:
@@ -66,10 +70,12 @@ def fileset_candidates(files: FileSet, report: ImportReport) -> list[Candidate]:
                                  for r in roles if r != "id"]
             continue
         text_file = texts.pop(key, None)
-        if text_file:
-            instruction = files.read(text_file).decode("utf-8-sig").strip()
-        else:
-            instruction = instructions.get(roles["id"], "")
+        try:
+            instruction = (files.read(text_file).decode("utf-8-sig").strip() if text_file
+                           else instructions.get(roles["id"], ""))
+        except UnreadableFile as exc:  # not imported without it: the pair would train on ""
+            report.error(f"pair {roles['id']}", f"{text_file}: cannot be read ({exc})")
+            continue
         extras = [files.ref(roles[r]) for r in ("source2", "source3") if r in roles]
         candidates.append(Candidate(
             row=f"pair {roles['id']}", source=files.ref(roles["source"]), target=files.ref(roles["target"]),

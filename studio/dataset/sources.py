@@ -7,13 +7,22 @@ files of its own set: an upload's table can never name a file elsewhere on the s
 """
 from __future__ import annotations
 
+import lzma
 import posixpath
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 MAX_MEMBER_BYTES = 256 * 1024 * 1024
+# What reading a zip member raises when its data is corrupt or in a form zipfile cannot read.
+_MEMBER_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError,
+                  NotImplementedError, RuntimeError)
+
+
+class UnreadableFile(ValueError):
+    """One file of a set cannot be read (corrupt, or over a size limit); the message says why."""
 
 
 @dataclass
@@ -150,8 +159,11 @@ class ZipFiles(FileSet):
     def read(self, name: str) -> bytes:
         size = self.zip.getinfo(name).file_size
         if size > MAX_MEMBER_BYTES:  # a zip bomb would otherwise be inflated into memory
-            raise ValueError(f"{name}: {size:,} bytes uncompressed, over the {MAX_MEMBER_BYTES:,} limit")
-        return self.zip.read(name)
+            raise UnreadableFile(f"{size:,} bytes uncompressed, over the {MAX_MEMBER_BYTES:,} limit")
+        try:
+            return self.zip.read(name)
+        except _MEMBER_ERRORS as exc:
+            raise UnreadableFile(f"corrupt or unsupported zip member ({exc})") from None
 
 
 def _hidden(name: str) -> bool:
