@@ -1,8 +1,10 @@
-"""Imports that must not leak server files or lose good pairs: tables in an upload reach only
+"""Imports that must not leak server files or exhaust memory: tables in an upload reach only
 the files uploaded with them (issue 19, defect 2), a corrupt zip member is reported alone
-(defect 5)."""
+(defect 5), and a zip bomb is refused before it is inflated (defect 6)."""
 import json
 import struct
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -14,9 +16,10 @@ from gradio_client import Client, handle_file
 
 from studio.cli import main
 from studio.dataset import importers
+from studio.dataset.sources import ZipFiles
 from studio.store import Store
 from studio.ui import dataset_tab, project_bar
-from tests.app_process import free_port
+from tests.app_process import ROOT, free_port
 from tests.dataset_helpers import jpeg, store, write_pair  # noqa: F401 (fixture)
 
 
@@ -169,3 +172,71 @@ def test_a_corrupt_table_in_a_zip_is_named_and_the_files_still_pair(store, tmp_p
     report = importers.import_zip(store, "p", archive)
     assert report.added == 2
     assert [row for row, _ in report.errors] == ["metadata_edit.csv"] and "corrupt" in report.errors[0][1]
+
+
+# -- defect 6: a zip's total inflated size is limited; a member is inflated only so far ----
+
+# The peak is VmHWM, this process's own: ru_maxrss would count the pytest process it forked from.
+BOMB_IMPORT = """
+import re, sys
+from pathlib import Path
+from studio.dataset import importers
+from studio.store import Store
+store = Store(sys.argv[1]); store.create_project("p")
+try:
+    print("\\n".join(importers.import_uploads(store, "p", [sys.argv[2]]).lines()))
+except ValueError as exc:
+    print("refused:", exc)
+print("peak MB", int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text())[1]) // 1024)
+"""
+
+
+def zeros_zip(path: Path, members: dict[str, int]) -> Path:
+    """A zip of members holding only zeros: tiny on disk, `members[name]` bytes inflated."""
+    chunk = bytes(1 << 20)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, size in members.items():
+            with z.open(name, "w") as member:
+                for _ in range(size >> 20):
+                    member.write(chunk)
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the peak from /proc")
+def test_a_small_zip_bomb_is_refused_before_it_is_inflated(tmp_path):
+    bomb = zeros_zip(tmp_path / "bomb.zip", {f"{role}_{n}.png": 250 << 20
+                                             for n in "ab" for role in ("source", "edited")})
+    assert bomb.stat().st_size < 2 << 20
+    done = subprocess.run([sys.executable, "-c", BOMB_IMPORT, str(tmp_path / "projects"), str(bomb)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    *lines, peak = done.stdout.splitlines()
+    assert lines[0].startswith("refused: ") and "1,048,576,000 bytes" in lines[0]
+    assert "over the limit" in lines[0]
+    assert int(peak.split()[-1]) < 300, done.stdout
+
+
+def test_a_member_is_inflated_only_up_to_its_limit(store, tmp_path):
+    archive = zeros_zip(tmp_path / "big.zip", {"source_a.png": 8 << 20})
+    with zipfile.ZipFile(archive, "a") as z:
+        z.writestr("edited_a.png", jpeg(1))
+    files = ZipFiles(archive, max_member=1 << 20)
+    report = importers.import_fileset(store, "p", files)
+    assert report.added == 0 and "1,048,576-byte limit" in report.errors[0][1]
+
+
+def test_the_total_limit_counts_every_member_read(store, tmp_path):
+    """A table may name one member many times; every read counts against the total."""
+    archive = tmp_path / "reused.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("s.jpg", jpeg(1))
+        for n in range(6):
+            z.writestr(f"t{n}.jpg", jpeg(n + 2))
+        z.writestr("metadata_edit.csv", "image,edit_image,prompt\n"
+                   + "".join(f"t{n}.jpg,s.jpg,edit {n}\n" for n in range(6)))
+    with zipfile.ZipFile(archive) as z:
+        declared = sum(info.file_size for info in z.infolist())
+    files = ZipFiles(archive, max_total=declared + 2 * len(jpeg(1)))  # 6 more reads than members
+    report = importers.import_fileset(store, "p", files)
+    assert 0 < report.added < 6 and report.errors
+    assert all("in all, over the limit" in reason for _, reason in report.errors)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import lzma
 import posixpath
+import threading
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -16,6 +17,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 MAX_MEMBER_BYTES = 256 * 1024 * 1024
+# A zip may inflate to this much plus RATIO times its own size in all. Images barely
+# compress, so a real dataset of any size stays far below it and only a zip bomb comes near.
+ZIP_INFLATE_ALLOWANCE = 64 * 1024 * 1024
+ZIP_INFLATE_RATIO = 20
 # What reading a zip member raises when its data is corrupt or in a form zipfile cannot read.
 _MEMBER_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError,
                   NotImplementedError, RuntimeError)
@@ -137,16 +142,26 @@ class ListFiles(FileSet):
 
 
 class ZipFiles(FileSet):
-    """A zip read in place. Entries with absolute paths or `..` make the whole zip refused."""
+    """A zip read in place. Entries with absolute paths or `..` make the whole zip refused,
+    and so does a zip that says it inflates to more than `max_total` (by default
+    ZIP_INFLATE_ALLOWANCE plus ZIP_INFLATE_RATIO times its size). The sizes a zip states
+    can lie, so reads are bounded by what they actually inflate: each member to
+    `max_member` bytes, and all reads together (a table may name one member many times)
+    to `max_total`."""
 
     absent = "not in the zip"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, max_member: int = MAX_MEMBER_BYTES, max_total: int | None = None):
         super().__init__(str(path))
         try:
             self.zip = zipfile.ZipFile(path)
         except zipfile.BadZipFile:
             raise ValueError(f"{path}: not a zip file") from None
+        size = Path(path).stat().st_size
+        self.max_member = max_member
+        self.max_total = ZIP_INFLATE_ALLOWANCE + ZIP_INFLATE_RATIO * size if max_total is None else max_total
+        self.inflated = 0
+        self._lock = threading.Lock()  # the import reads members from several threads
         for info in self.zip.infolist():
             name = info.filename
             parts = PurePosixPath(name.replace("\\", "/")).parts
@@ -155,15 +170,29 @@ class ZipFiles(FileSet):
             if not info.is_dir() and not _hidden(name):
                 self.names.append(name)
         self.names.sort()
+        stated = sum(info.file_size for info in self.zip.infolist())
+        if stated > self.max_total:
+            raise ValueError(f"{path}: refused, its members inflate to {stated:,} bytes, over the "
+                             f"limit of {self.max_total:,} bytes for a zip of {size:,} bytes")
 
     def read(self, name: str) -> bytes:
-        size = self.zip.getinfo(name).file_size
-        if size > MAX_MEMBER_BYTES:  # a zip bomb would otherwise be inflated into memory
-            raise UnreadableFile(f"{size:,} bytes uncompressed, over the {MAX_MEMBER_BYTES:,} limit")
+        self._count(0)  # once the total is spent, nothing more is inflated
         try:
-            return self.zip.read(name)
+            with self.zip.open(name) as member:
+                data = member.read(self.max_member + 1)  # never more, whatever the header says
         except _MEMBER_ERRORS as exc:
             raise UnreadableFile(f"corrupt or unsupported zip member ({exc})") from None
+        if len(data) > self.max_member:
+            raise UnreadableFile(f"inflates past the {self.max_member:,}-byte limit for one zip member")
+        self._count(len(data))
+        return data
+
+    def _count(self, size: int) -> None:
+        with self._lock:
+            self.inflated += size
+            if self.inflated > self.max_total:
+                raise UnreadableFile(f"not read: the zip's members inflated to {self.inflated:,} bytes "
+                                     f"in all, over the limit of {self.max_total:,} bytes")
 
 
 def _hidden(name: str) -> bool:
