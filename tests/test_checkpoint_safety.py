@@ -4,10 +4,121 @@ Real trainer runs of the demo model; the fault points of studio/trainer/faults.p
 or a pause in which the test breaks the output folder, inside an exact window."""
 from __future__ import annotations
 
+import csv
+import json
 import os
+import shutil
+import signal
 
 import pytest
 import torch
+
+from studio.trainer import run_files, steplog
+from tests.conftest import make_image
+from tests.trainer_helpers import make_dataset, run_trainer
+
+ARGS = ["--max_steps", 4, "--save_steps", 2, "--sample_steps", 0]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = make_dataset(tmp_path_factory.mktemp("data") / "ds", n=2)
+    with open(folder / "metadata_validation.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "edit_image", "prompt", "sample_id"])
+        make_image(64, 64, seed=7).save(folder / "images/source_v.png")
+        make_image(64, 64, seed=8).save(folder / "images/edited_v.png")
+        w.writerow(["images/edited_v.png", "images/source_v.png", "Make it night", "v"])
+    return folder
+
+
+def fault(at: str, **more) -> dict:
+    return {"STUDIO_FAULT_AT": at, **more}
+
+
+def assert_killed(proc) -> None:
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
+
+def steps(out, name=run_files.METRICS) -> list[int]:
+    return [r["step"] for r in steplog.read(out / name)]
+
+
+def files(out) -> dict:
+    """The run's files and their contents, but for the trainer's log and error."""
+    return {p.name: p.read_bytes() for p in out.iterdir()
+            if p.is_file() and p.name not in (run_files.LOG, run_files.ERROR)}
+
+
+# -- defect 3: a kill inside the state swap ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def swap_killed(demo_model, dataset, tmp_path_factory):
+    """A run killed while it swaps in step 4's resume state, then resumed."""
+    out = tmp_path_factory.mktemp("runs") / "swap"
+    assert_killed(run_trainer(demo_model, dataset, out, *ARGS, check=False,
+                              extra_env=fault("state-written:4")))
+    assert steps(out) == [1, 2, 3, 4]
+    return out, run_trainer(demo_model, dataset, out, *ARGS, "--resume")
+
+
+def test_a_kill_inside_the_state_swap_resumes_from_the_state_before_it(swap_killed):
+    out, proc = swap_killed
+    assert "resumed at step 2 of 4" in proc.stderr
+    assert steps(out) == [1, 2, 3, 4]
+    assert steps(out, run_files.VALIDATION) == [0, 2, 4]
+    # The last two states are kept; the pointer names the newest.
+    assert run_files.states(out) == [run_files.state_dir(out, 2), run_files.state_dir(out, 4)]
+    assert run_files.current_state(out) == run_files.state_dir(out, 4)
+
+
+def test_a_run_without_its_state_refuses_to_train_over_its_checkpoints(swap_killed, demo_model,
+                                                                        dataset, tmp_path):
+    out = tmp_path / "lost"
+    shutil.copytree(swap_killed[0], out)
+    for name in ("states", "resume.json", "resume"):  # the states are gone, whatever the layout
+        shutil.rmtree(out / name, ignore_errors=True)
+        (out / name).unlink(missing_ok=True)
+    before = files(out)
+
+    # As the job manager launches a run it finds no state for: without --resume.
+    proc = run_trainer(demo_model, dataset, out, *ARGS, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "holds checkpoints up to step 4" in proc.stderr
+    assert files(out) == before
+
+
+def test_a_redone_step_replaces_its_row_and_keeps_the_later_ones(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    for step in (1, 2, 3, 4):
+        steplog.write(path, {"step": step, "loss": float(step)})
+    steplog.write(path, {"step": 2, "loss": 20.0})  # a resume from step 1 redoes step 2
+    assert [(r["step"], r["loss"]) for r in steplog.read(path)] == [(1, 1.0), (2, 20.0), (3, 3.0),
+                                                                   (4, 4.0)]
+    with path.open("a") as f:  # a kill in the middle of a line
+        f.write('{"step": 5, "lo')
+    steplog.write(path, {"step": 5, "loss": 5.0})
+    assert path.read_text().endswith('{"step": 4, "loss": 4.0}\n{"step": 5, "loss": 5.0}\n')
+
+
+def test_current_state_is_the_pointers_else_the_newest_complete_else_a_legacy_one(tmp_path):
+    def state(name, step):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "state.json").write_text(json.dumps({"step": step}))
+        return tmp_path / name
+
+    assert run_files.current_state(tmp_path) is None
+    old = state(".resume.old", 0)  # a kill inside the old layout's swap left no resume/
+    assert run_files.current_state(tmp_path) == old
+    first = state("states/step-000009", 9)
+    newest = state("states/step-000010", 10)
+    (tmp_path / "states/step-000011").mkdir()  # incomplete: no state.json yet
+    assert run_files.current_state(tmp_path) == newest
+    run_files.point_to(tmp_path, first)
+    assert run_files.current_state(tmp_path) == first
+    shutil.rmtree(first)  # a pointer to nothing falls back too
+    assert run_files.current_state(tmp_path) == newest
+
 
 # -- defect 10: files as readable as any other ------------------------------------------------
 

@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from studio.trainer import run_files
 from tests.conftest import make_image
 from tests.trainer_helpers import (ROOT, env, lora, make_dataset, max_abs, max_diff, run_trainer,
                                    trainer_cmd)
@@ -48,7 +49,7 @@ def test_outputs_metrics_log_and_checkpoints(baseline):
     assert names == ["final.safetensors", "step-000003.safetensors", "step-000006.safetensors",
                      "step-000008.safetensors"]
     assert "done: 8 steps" in (baseline / "train.log").read_text()
-    assert json.loads((baseline / "resume" / "state.json").read_text())["step"] == STEPS
+    assert json.loads((run_files.current_state(baseline) / "state.json").read_text())["step"] == STEPS
 
 
 def test_every_checkpoint_loads_in_plain_diffusers(baseline, demo_model):
@@ -113,7 +114,7 @@ def test_two_process_deepspeed_zero2_matches_one_process(baseline, demo_model, d
     a, b = lora(out / "final.safetensors"), lora(baseline / "final.safetensors")
     # DeepSpeed reduces flattened fp32 buckets in its own order: equal up to rounding.
     assert max_diff(a, b) < 5e-3 * max_abs(b)
-    assert (out / "resume" / "deepspeed").is_dir()
+    assert (run_files.current_state(out) / "deepspeed").is_dir()
 
 
 def stop_after_first_step(demo_model, dataset, out, *args, steps=STEPS) -> tuple[int, str]:
@@ -129,7 +130,7 @@ def stop_after_first_step(demo_model, dataset, out, *args, steps=STEPS) -> tuple
         time.sleep(0.02)
     stderr = proc.communicate(timeout=120)[1]
     assert proc.returncode == 0, stderr[-3000:]
-    stopped_at = json.loads((out / "resume" / "state.json").read_text())["step"]
+    stopped_at = json.loads((run_files.current_state(out) / "state.json").read_text())["step"]
     assert 1 <= stopped_at < steps, "the signal came too late to test a resume"
     return stopped_at, stderr
 

@@ -1,13 +1,21 @@
-"""LoRA checkpoints and the resume state under --output_path.
+"""LoRA checkpoints and resume states under --output_path (the names: run_files.py).
 
     step-000010.safetensors   a LoRA every --save_steps (and at epoch ends without it)
     final.safetensors          the LoRA at the end
-    resume/                    state.json, lora_params.safetensors (raw adapter weights),
-                               optimizer.pt, or deepspeed/ (one optimizer shard per rank)
+    states/step-000010/        lora_params.safetensors (raw adapter weights), optimizer.pt or
+                               deepspeed/ (one optimizer shard per rank), state.json last
+    resume.json                names the current state
 
-The resume folder is written beside and swapped in whole, so a kill -9 mid-save leaves the
-previous one usable. Data order, timesteps and noise are functions of the seed and step
-(order.py), so no sampler or RNG state is kept.
+A save at step N goes in this order, so that a kill at any instant leaves a usable run:
+  1. the state is built in states/.step-N.partial and renamed to states/step-N;
+  2. resume.json is replaced to name it: the resume point moves in one atomic step;
+  3. step-N.safetensors (and final.safetensors) are written, each replaced whole;
+  4. states older than the previous one are deleted.
+A LoRA file therefore never exists without a state at least as new (loop.py refuses to train
+over one that has none), and a restore writes the LoRA files a kill kept from step 3.
+
+Data order, timesteps and noise are functions of the seed and step (order.py), so no sampler
+or RNG state is kept.
 """
 from __future__ import annotations
 
@@ -20,31 +28,26 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import dist
+from . import dist, faults, run_files
 from .lora_io import lora_parameters, save_lora
 
-RESUME = "resume"
 
-
-class ResumeError(ValueError):
+class CheckpointError(RuntimeError):
     pass
 
 
-def lora_path(output: Path, step: int) -> Path:
-    return output / f"step-{step:06d}.safetensors"
+class ResumeError(CheckpointError):
+    pass
 
 
 def save(output: Path, step: int, model, transformer, optimizer, lr_sched, info: dict,
          deepspeed_engine=None, final: bool = False) -> Path | None:
     """Called on every rank (DeepSpeed writes one optimizer shard per rank); everything else
     is written by rank 0 alone."""
-    rank, alpha = info["lora_rank"], info["lora_alpha"]
-    staging = output / f".{RESUME}.staging"
-    lora_file = None
+    faults.point("before-save", step)
+    folder = run_files.state_dir(output, step)
+    staging = run_files.partial(folder)
     if dist.is_main():
-        lora_file = save_lora(lora_path(output, step), transformer, rank, alpha, {"step": step})
-        if final:
-            save_lora(output / "final.safetensors", transformer, rank, alpha, {"step": step})
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         raw = {k: p.detach().float().cpu().contiguous() for k, p in lora_parameters(transformer).items()}
@@ -58,28 +61,61 @@ def save(output: Path, step: int, model, transformer, optimizer, lr_sched, info:
                                          client_state={"lr_scheduler": lr_sched.state_dict()},
                                          exclude_frozen_parameters=True)  # LoRA only, not 40 GB
         dist.barrier()
+    lora_file = None
     if dist.is_main():
-        state = {**info, "step": step, "lora_file": lora_file.name, "saved_at": time.time(),
+        state = {**info, "step": step, "final": final, "saved_at": time.time(),
                  "deepspeed": deepspeed_engine is not None}
-        (staging / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-        current, old = output / RESUME, output / f".{RESUME}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if current.exists():
-            os.replace(current, old)
-        os.replace(staging, current)
-        shutil.rmtree(old, ignore_errors=True)
+        (staging / run_files.STATE).write_text(json.dumps(state, indent=2) + "\n")
+        _discard(folder)  # a state of this step from before a resume, never the current one
+        os.replace(staging, folder)
+        faults.point("state-written", step)
+        run_files.point_to(output, folder)
+        faults.point("pointer-moved", step)
+        lora_file = write_loras(output, step, final, transformer, info)
+        faults.point("after-lora", step)
+        _prune(output, folder)
     dist.barrier()
     return lora_file
 
 
-def read_state(output: Path) -> dict | None:
-    f = output / RESUME / "state.json"
-    return json.loads(f.read_text()) if f.is_file() else None
+def write_loras(output: Path, step: int, final: bool, transformer, info: dict,
+                only_missing: bool = False) -> Path:
+    """The step's LoRA file, and final.safetensors at the end."""
+    rank, alpha = info["lora_rank"], info["lora_alpha"]
+    for path in [run_files.lora_path(output, step)] + ([output / run_files.FINAL] if final else []):
+        if not (only_missing and path.is_file()):
+            save_lora(path, transformer, rank, alpha, {"step": step})
+    return run_files.lora_path(output, step)
 
 
-def restore(output: Path, transformer, optimizer, lr_sched, deepspeed_engine=None) -> dict:
-    folder = output / RESUME
-    state = json.loads((folder / "state.json").read_text())
+def _discard(folder: Path) -> None:
+    """Delete a state folder; renamed away first, so that no half-deleted folder still looks
+    complete."""
+    if folder.exists():
+        doomed = folder.with_name(f".{folder.name}.deleting")  # clean_leftovers ends it too
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.replace(folder, doomed)
+        shutil.rmtree(doomed)
+
+
+def _prune(output: Path, current: Path) -> None:
+    """Keep the current state and the one before it. States after it (from before a resume)
+    stay until they are redone; the old layout's folder goes with the older ones."""
+    older = [s for s in run_files.states(output)
+             if run_files.state_step(s) < run_files.state_step(current)]
+    for folder in older[:-1]:
+        _discard(folder)
+    if older:
+        for name in run_files.LEGACY_NAMES:
+            shutil.rmtree(output / name, ignore_errors=True)
+
+
+def read_state(folder: Path) -> dict:
+    return json.loads((folder / run_files.STATE).read_text())
+
+
+def restore(folder: Path, transformer, optimizer, lr_sched, deepspeed_engine=None) -> dict:
+    state = read_state(folder)
     raw = load_file(str(folder / "lora_params.safetensors"))
     params = lora_parameters(transformer)
     missing = sorted(set(params) - set(raw))

@@ -18,7 +18,7 @@ import torch
 
 from studio.engine.devices import peak_memory_gb
 
-from . import checkpoint, dist, sample_render, steplog, validation
+from . import checkpoint, dist, faults, run_files, sample_render, steplog, validation
 from .args import parse_args
 from .cache import EncodedCache, PairEncoder, model_fingerprint
 from .data import DatasetError, load_pairs, load_validation_pairs
@@ -58,7 +58,7 @@ def _setup_logging(output: Path) -> None:
     handlers = [logging.StreamHandler(sys.stderr)]
     if dist.is_main():
         output.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(output / "train.log", encoding="utf-8"))
+        handlers.append(logging.FileHandler(output / run_files.LOG, encoding="utf-8"))
     for h in handlers:
         h.setFormatter(fmt)
         log.addHandler(h)
@@ -168,6 +168,25 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+def _on_rank0(check) -> None:
+    """Run a check of the output folder, which rank 0 alone writes; every rank raises its
+    error, so that none waits at a collective for a rank that has gone."""
+    message = check() if dist.is_main() else None
+    if dist.any_true(message is not None):
+        raise TrainingError(message or "rank 0 stopped the run (its log says why)")
+
+
+def _newer_checkpoints(output: Path, start: int) -> str | None:
+    """A save writes its state before its LoRA file, so a checkpoint newer than the start means
+    its state is lost (or --resume was left out): refuse rather than train over it."""
+    newest = max(run_files.checkpoint_steps(output), default=0)
+    if newest <= start:
+        return None
+    return (f"{output} holds checkpoints up to step {newest}, but training would start at step "
+            f"{start}; refusing to overwrite them. Continue with --resume, or train into a new "
+            f"--output_path.")
+
+
 def train(args) -> int:
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from diffusers import QwenImageTransformer2DModel
@@ -184,6 +203,8 @@ def train(args) -> int:
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
                               kwargs_handlers=[ddp], cpu=force_cpu)
     _setup_logging(output)
+    if dist.is_main():
+        run_files.clean_leftovers(output)
     deepspeed = accelerator.state.deepspeed_plugin is not None
     rank, world, gas = dist.rank(), dist.world(), args.gradient_accumulation_steps
     device = accelerator.device
@@ -248,20 +269,23 @@ def train(args) -> int:
     ckpt_info = {"lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "seed": args.seed,
                  "global_batch": order.global_batch, "total_steps": total}
     start, prior_elapsed = 0, 0.0
-    metrics_file = output / "metrics.jsonl"
+    metrics_file = output / run_files.METRICS
     if args.resume:
-        state = checkpoint.read_state(output)
-        if state is None:
-            log.warning("--resume: no checkpoint under %s; starting from step 0", output)
+        folder = run_files.current_state(output)
+        if folder is None:
+            log.warning("--resume: no resume state under %s; starting from step 0", output)
         else:
+            state = checkpoint.read_state(folder)
             if state["global_batch"] != order.global_batch:
                 log.warning("global batch changed (%d -> %d): data order differs from the first run",
                             state["global_batch"], order.global_batch)
-            checkpoint.restore(output, transformer, optimizer_w, lr_sched, engine)
+            checkpoint.restore(folder, transformer, optimizer_w, lr_sched, engine)
             start, prior_elapsed = state["step"], float(state.get("elapsed", 0.0))
+            if dist.is_main():  # a kill can land between a state and its LoRA files
+                checkpoint.write_loras(output, start, state.get("final", False), transformer,
+                                       ckpt_info, only_missing=True)
             log.info("resumed at step %d of %d", start, total)
-    if dist.is_main():
-        steplog.keep_through(metrics_file, start)
+    _on_rank0(lambda: _newer_checkpoints(output, start))
     if start >= total:
         log.info("nothing to do: %d of %d steps already done", start, total)
         return 0
@@ -269,7 +293,7 @@ def train(args) -> int:
     if held_out:
         validator = validation.ValidationLoss(encoded, list(range(len(pairs), len(pairs) + len(held_out))),
                                               [p.sample_id for p in held_out], output)
-        if not validator.resume_at(start if args.resume else -1):  # a new run starts a new file
+        if not validator.has(0):
             log.info("validation loss before training: %.4f (%d pairs)",
                      validator.record(0, transformer, device, dtype), len(held_out))
 
@@ -305,7 +329,7 @@ def train(args) -> int:
         now = time.perf_counter()
         elapsed = now - started
         if dist.is_main():
-            steplog.append(metrics_file, {
+            steplog.write(metrics_file, {
                 "step": done, "total": total, "epoch": round(order.epoch_after(done), 4),
                 "loss": mean_loss,
                 "lr": lr, "samples_per_s": order.global_batch / max(now - t0, 1e-9),
@@ -321,6 +345,7 @@ def train(args) -> int:
                                    ckpt_info, engine, final=done == total)
             if path:
                 log.info("step %d: saved %s", done, path.name)
+            faults.point("after-saved", done)
         if validator and (due or done == total):  # also when a stop falls on a due step
             log.info("step %d: validation loss %.4f", done,
                      validator.record(done, transformer, device, dtype))
@@ -332,7 +357,7 @@ def train(args) -> int:
                      "another rank's signal", done)
             return 0
     log.info("done: %d steps in %.1fs; LoRA at %s", total, time.perf_counter() - started,
-             output / "final.safetensors")
+             output / run_files.FINAL)
     return 0
 
 

@@ -34,7 +34,7 @@ SAMPLES = "samples"
 LEGACY_RESUME = "resume"  # the single resume folder of runs made before states/
 # ...and, in the order to try, the names its swap used: a kill between the swap's renames left
 # the only state in .resume.old (or the new one, complete, in .resume.staging).
-_LEGACY = (LEGACY_RESUME, ".resume.staging", ".resume.old")
+LEGACY_NAMES = (LEGACY_RESUME, ".resume.staging", ".resume.old")
 # When error.json cannot be written (disk full, unwritable folder), the trainer prints its
 # error on stderr behind this prefix; the supervisor's log keeps it.
 FATAL_PREFIX = "studio.trainer fatal error: "
@@ -91,7 +91,7 @@ def current_state(output: Path) -> Path | None:
     found = states(output)
     if found:
         return found[-1]
-    return next((output / name for name in _LEGACY if complete(output / name)), None)
+    return next((output / name for name in LEGACY_NAMES if complete(output / name)), None)
 
 
 @contextmanager

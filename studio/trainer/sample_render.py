@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from ..engine.encode_cache import EncodeCache
-from . import samples
+from . import faults, samples
 from .data import Pair, crop_and_resize, load_rgb, load_validation_pairs, target_size
 
 log = logging.getLogger("studio.trainer")
@@ -116,6 +116,7 @@ class SampleRenderer:
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 for item, name in zip(self.items, names):
                     entries.append(self._one(pipe, item, staging / name))
+            faults.point("samples", step)  # edits made, not published
         finally:
             transformer.train(was_training)
             self.parts["vae"].to("cpu")

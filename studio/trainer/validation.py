@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from . import dist, steplog
+from . import dist, faults, steplog
 from .objective import loss_at
 from .schedule import TrainingSchedule
 
@@ -49,15 +49,14 @@ class ValidationLoss:
     def record(self, step: int, transformer, device, dtype) -> float:
         """Score (on every rank, collectively) and append the row (rank 0)."""
         value = self.score(transformer, device, dtype)
+        faults.point("validation", step)  # scored, not written
         if dist.is_main():
-            steplog.append(self.file, {"step": step, "val_loss": value})
+            steplog.write(self.file, {"step": step, "val_loss": value})
         return value
 
-    def resume_at(self, step: int) -> bool:
-        """Drop rows after `step` (a resumed run writes them again); returns, on every rank
-        alike, whether the step-0 baseline is there already."""
-        rows = steplog.keep_through(self.file, step) if dist.is_main() else []
-        return dist.any_true(any(r["step"] == 0 for r in rows))
+    def has(self, step: int) -> bool:
+        """Whether `step` has its row (rank 0 reads; every rank gets the answer)."""
+        return dist.any_true(dist.is_main() and any(r["step"] == step for r in steplog.read(self.file)))
 
 
 def read(output: Path) -> list[dict]:
