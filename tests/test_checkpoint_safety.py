@@ -10,8 +10,10 @@ import os
 import shutil
 import signal
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from studio.trainer import run_files, steplog
 from tests.conftest import make_image
@@ -118,6 +120,35 @@ def test_current_state_is_the_pointers_else_the_newest_complete_else_a_legacy_on
     assert run_files.current_state(tmp_path) == first
     shutil.rmtree(first)  # a pointer to nothing falls back too
     assert run_files.current_state(tmp_path) == newest
+
+
+# -- defect 7: validation and samples a kill left out ----------------------------------------
+
+def test_what_kills_left_unrecorded_is_filled_in_at_the_next_start(demo_model, dataset, tmp_path):
+    out = tmp_path / "run"
+    args = ["--max_steps", 4, "--save_steps", 2, "--sample_inference_steps", 2]
+    assert_killed(run_trainer(demo_model, dataset, out, *args, check=False,
+                              extra_env=fault("samples:4")))
+    assert steps(out, run_files.VALIDATION) == [0, 2, 4]
+    assert not (out / "samples/step-000004").exists()
+    assert list((out / "samples").glob(".*.partial"))
+    (out / ".step-000004.safetensors.k1ll3d.tmp").write_bytes(b"")  # as an earlier kill leaves
+    # An older checkpoint lost its validation row and its samples too.
+    rows = steplog.read(out / run_files.VALIDATION)
+    (out / run_files.VALIDATION).write_text("".join(json.dumps(r) + "\n" for r in rows
+                                                    if r["step"] != 2))
+    sample_2 = np.asarray(Image.open(out / "samples/step-000002/v.png"), dtype=np.int16)
+    shutil.rmtree(out / "samples/step-000002")
+
+    proc = run_trainer(demo_model, dataset, out, *args, "--resume")
+    assert "nothing to do" in proc.stderr
+    assert steplog.read(out / run_files.VALIDATION) == sorted(rows, key=lambda r: r["step"])
+    for step in (2, 4):
+        index = json.loads((out / f"samples/step-{step:06d}/samples.json").read_text())
+        assert index["step"] == step
+    redone = np.asarray(Image.open(out / "samples/step-000002/v.png"), dtype=np.int16)
+    assert np.abs(redone - sample_2).max() <= 1  # from step 2's LoRA file, not the live one
+    assert not list(out.glob(".*.tmp")) and not list((out / "samples").glob(".*"))
 
 
 # -- defect 10: files as readable as any other ------------------------------------------------

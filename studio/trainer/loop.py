@@ -18,11 +18,11 @@ import torch
 
 from studio.engine.devices import peak_memory_gb
 
-from . import checkpoint, dist, faults, run_files, sample_render, steplog, validation
+from . import checkpoint, dist, faults, run_files, sample_render, samples, steplog, validation
 from .args import parse_args
 from .cache import EncodedCache, PairEncoder, model_fingerprint
 from .data import DatasetError, load_pairs, load_validation_pairs
-from .lora_io import LoraFormatError, add_lora, load_into, lora_parameters
+from .lora_io import LoraFormatError, add_lora, load_into, loaded, lora_parameters
 from .objective import sample_loss
 from .order import DataOrder
 from .schedule import TrainingSchedule
@@ -187,6 +187,48 @@ def _newer_checkpoints(output: Path, start: int) -> str | None:
             f"--output_path.")
 
 
+def _scored(args, order: DataOrder, total: int, done: int) -> bool:
+    """A checkpoint step, which gets a validation loss (and by default sample edits): every
+    --save_steps, else each epoch's end; and the last step."""
+    if done == total:
+        return True
+    if args.save_steps:
+        return done % args.save_steps == 0
+    per_epoch = order.epoch_len / order.global_batch
+    return math.floor(done / per_epoch) > math.floor((done - 1) / per_epoch)
+
+
+def _from_rank0(values: list[int]) -> list[int]:
+    """Rank 0's list on every rank (a few small all-reduces: the lists are short)."""
+    n = int(dist.all_sum(len(values) if dist.is_main() else 0))
+    return [int(dist.all_sum(values[i] if dist.is_main() else 0)) for i in range(n)]
+
+
+def _fill_in(output: Path, start: int, scored, validator, sampler, transformer, args, device,
+             dtype) -> None:
+    """What kills left unrecorded up to `start` (one can land anywhere between a checkpoint's
+    state and its sample edits): the validation loss and sample edits of every checkpoint,
+    scored with its LoRA file (the live weights are step `start`'s), and the baseline."""
+    validated, edits = [], []
+    if dist.is_main():
+        have = {r["step"] for r in validation.read(output)}
+        steps = sorted({k for k in run_files.checkpoint_steps(output) if k <= start} | {start})
+        validated = [k for k in steps if validator and k not in have and (k == 0 or scored(k))]
+        edits = [k for k in steps if k and sampler and not samples.has(output, k)
+                 and sample_render.due(args, k, scored(k), stopping=False)]
+    validated = _from_rank0(validated)  # scored by every rank; edits are rank 0's alone
+    for k in sorted(set(validated) | set(edits)):
+        weights = run_files.lora_path(output, k) if k != start else None
+        with loaded(transformer, weights, args.lora_rank, args.lora_alpha):
+            if k in validated:
+                log.info("step %d: validation loss %.4f%s", k,
+                         validator.record(k, transformer, device, dtype),
+                         " (before training)" if k == 0 else "")
+            if k in edits:
+                sample_render.render(sampler, transformer, k, output)
+    dist.barrier()
+
+
 def train(args) -> int:
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from diffusers import QwenImageTransformer2DModel
@@ -286,23 +328,21 @@ def train(args) -> int:
                                        ckpt_info, only_missing=True)
             log.info("resumed at step %d of %d", start, total)
     _on_rank0(lambda: _newer_checkpoints(output, start))
-    if start >= total:
-        log.info("nothing to do: %d of %d steps already done", start, total)
-        return 0
     validator = None
     if held_out:
         validator = validation.ValidationLoss(encoded, list(range(len(pairs), len(pairs) + len(held_out))),
                                               [p.sample_id for p in held_out], output)
-        if not validator.has(0):
-            log.info("validation loss before training: %.4f (%d pairs)",
-                     validator.record(0, transformer, device, dtype), len(held_out))
+    scored = lambda done: _scored(args, order, total, done)  # noqa: E731
+    _fill_in(output, start, scored, validator, sampler, transformer, args, device, dtype)
+    if start >= total:
+        log.info("nothing to do: %d of %d steps already done", start, total)
+        return 0
 
     schedule = TrainingSchedule()
     log.info("training %d steps: %d pairs x %d repeat, global batch %d (%d process(es) x %d "
              "accumulation), lr %g", total, len(pairs), args.dataset_repeat, order.global_batch,
              world, gas, args.learning_rate)
     started = time.perf_counter()
-    steps_per_epoch = order.epoch_len / order.global_batch
     for step in range(start, total):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -337,19 +377,17 @@ def train(args) -> int:
                 "eta": elapsed / (done - start) * (total - done),
                 "peak_mem_gb": round(peak_memory_gb(device), 3)})
         stopping = dist.any_true(bool(stop))
-        epoch_end = math.floor(done / steps_per_epoch) > math.floor(step / steps_per_epoch)
-        due = (done % args.save_steps == 0) if args.save_steps else epoch_end
-        if due or stopping or done == total:
+        if scored(done) or stopping:
             ckpt_info["elapsed"] = prior_elapsed + elapsed
             path = checkpoint.save(output, done, model, transformer, optimizer, lr_sched,
                                    ckpt_info, engine, final=done == total)
             if path:
                 log.info("step %d: saved %s", done, path.name)
             faults.point("after-saved", done)
-        if validator and (due or done == total):  # also when a stop falls on a due step
+        if validator and scored(done):  # also when a stop falls on a due step
             log.info("step %d: validation loss %.4f", done,
                      validator.record(done, transformer, device, dtype))
-        if sample_render.due(args, done, due or done == total, stopping):
+        if sample_render.due(args, done, scored(done), stopping):
             sample_render.render(sampler, transformer, done, output)  # rank 0; None elsewhere
             dist.barrier()
         if stopping:

@@ -8,6 +8,7 @@ apply the same delta as tools that read alpha.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -131,3 +132,21 @@ def load_into(transformer, path: str | Path, rank: int, alpha: float) -> int:
             value = value.float() / scale if ".lora_B." in name else value
             p.copy_(value.to(p.dtype))
     return len(state)
+
+
+@contextmanager
+def loaded(transformer, path: str | Path | None, rank: int, alpha: float):
+    """The adapter holds a LoRA file's weights inside the block, its own again after it
+    (path None: its own throughout)."""
+    if path is None:
+        yield
+        return
+    params = lora_parameters(transformer)
+    kept = {name: p.detach().clone() for name, p in params.items()}
+    load_into(transformer, path, rank, alpha)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(kept[name])

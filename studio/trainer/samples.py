@@ -16,7 +16,9 @@ from pathlib import Path
 
 from studio.paths import safe_stem
 
-FOLDER = "samples"
+from . import run_files
+
+FOLDER = run_files.SAMPLES
 INDEX = "samples.json"
 
 
@@ -37,9 +39,12 @@ def file_names(sample_ids: list[str]) -> list[str]:
     return names
 
 
+def has(output: Path, step: int) -> bool:
+    return (step_dir(output, step) / INDEX).is_file()
+
+
 def staging_dir(output: Path, step: int) -> Path:
-    final = step_dir(output, step)
-    staging = final.with_name(f".{final.name}.partial")
+    staging = run_files.partial(step_dir(output, step))
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     return staging

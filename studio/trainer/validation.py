@@ -54,10 +54,6 @@ class ValidationLoss:
             steplog.write(self.file, {"step": step, "val_loss": value})
         return value
 
-    def has(self, step: int) -> bool:
-        """Whether `step` has its row (rank 0 reads; every rank gets the answer)."""
-        return dist.any_true(dist.is_main() and any(r["step"] == step for r in steplog.read(self.file)))
-
 
 def read(output: Path) -> list[dict]:
     return steplog.read(Path(output) / FILE)
