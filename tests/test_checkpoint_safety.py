@@ -7,8 +7,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +20,7 @@ from PIL import Image
 
 from studio.trainer import run_files, steplog
 from tests.conftest import make_image
-from tests.trainer_helpers import make_dataset, run_trainer
+from tests.trainer_helpers import ROOT, env, make_dataset, run_trainer, trainer_cmd
 
 ARGS = ["--max_steps", 4, "--save_steps", 2, "--sample_steps", 0]
 
@@ -44,6 +47,19 @@ def assert_killed(proc) -> None:
 
 def steps(out, name=run_files.METRICS) -> list[int]:
     return [r["step"] for r in steplog.read(out / name)]
+
+
+def paused(demo_model, dataset, out, marker, at, *args):
+    """A trainer paused at fault point `at` (it goes on once `marker` is deleted)."""
+    proc = subprocess.Popen(
+        trainer_cmd(demo_model, dataset, out, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+        env=env(**fault(at, STUDIO_FAULT_ACTION="pause", STUDIO_FAULT_MARKER=str(marker))))
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    return proc
 
 
 def files(out) -> dict:
@@ -149,6 +165,34 @@ def test_what_kills_left_unrecorded_is_filled_in_at_the_next_start(demo_model, d
     redone = np.asarray(Image.open(out / "samples/step-000002/v.png"), dtype=np.int16)
     assert np.abs(redone - sample_2).max() <= 1  # from step 2's LoRA file, not the live one
     assert not list(out.glob(".*.tmp")) and not list((out / "samples").glob(".*"))
+
+
+# -- defect 9: the trainer's own error, and a disk check before each save --------------------
+
+def test_a_disk_too_full_for_a_save_fails_before_writing_and_says_so(demo_model, dataset, tmp_path):
+    out = tmp_path / "full"
+    proc = run_trainer(demo_model, dataset, out, *ARGS, check=False,
+                       extra_env={"STUDIO_FAULT_FREE_MB": "0.01"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = run_files.read_error(out)
+    assert re.fullmatch(rf"disk full: need \d+\.\d MB at {re.escape(str(out))} \(0\.0 MB free\)",
+                        error), error
+    assert not list(out.glob("*.safetensors")) and not list(out.glob("states/*"))
+
+
+def test_an_unwritable_output_folder_is_reported_on_stderr(demo_model, dataset, tmp_path):
+    """Even root cannot write into a folder that has become a file (chmod would not stop root);
+    error.json cannot be written there either, so the error goes to stderr behind the prefix."""
+    out, marker = tmp_path / "out", tmp_path / "marker"
+    proc = paused(demo_model, dataset, out, marker, "before-save:2", *ARGS)
+    out.rename(tmp_path / "moved")
+    out.write_text("not a folder")
+    marker.unlink()
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 1, stderr[-3000:]
+    line = run_files.fatal_line(stderr.splitlines())
+    assert line and line.startswith("NotADirectoryError") and str(out) in line, stderr[-3000:]
+    assert "Traceback" in (tmp_path / "moved" / run_files.LOG).read_text()
 
 
 # -- defect 10: files as readable as any other ------------------------------------------------

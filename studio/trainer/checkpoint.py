@@ -40,6 +40,19 @@ class ResumeError(CheckpointError):
     pass
 
 
+def space_problem(output: Path, transformer, final: bool, deepspeed: bool) -> str | None:
+    """Why the output disk cannot take the next save, if it cannot. A save writes, all fp32
+    like the trainable weights: the LoRA file (and final), the state's raw weights and AdamW's
+    two moments; DeepSpeed adds the module's and its own master copy."""
+    weights = 4 * sum(p.numel() for p in lora_parameters(transformer).values())
+    copies = (2 if final else 1) + 3 + (2 if deepspeed else 0)
+    need = int(weights * copies * 1.25) + 2**20  # a margin, and room for headers and JSON
+    free = faults.free_bytes(output)
+    if free >= need:
+        return None
+    return f"disk full: need {need / 2**20:.1f} MB at {output} ({free / 2**20:.1f} MB free)"
+
+
 def save(output: Path, step: int, model, transformer, optimizer, lr_sched, info: dict,
          deepspeed_engine=None, final: bool = False) -> Path | None:
     """Called on every rank (DeepSpeed writes one optimizer shard per rank); everything else

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from .order import DataOrder
 from .schedule import TrainingSchedule
 
 log = logging.getLogger("studio.trainer")
+TRACEBACK_FRAMES = 6  # of an unexpected error, in the log: where it happened, not 40 frames
 
 
 class TrainingError(RuntimeError):
@@ -378,6 +380,7 @@ def train(args) -> int:
                 "peak_mem_gb": round(peak_memory_gb(device), 3)})
         stopping = dist.any_true(bool(stop))
         if scored(done) or stopping:
+            _on_rank0(lambda: checkpoint.space_problem(output, transformer, done == total, deepspeed))
             ckpt_info["elapsed"] = prior_elapsed + elapsed
             path = checkpoint.save(output, done, model, transformer, optimizer, lr_sched,
                                    ckpt_info, engine, final=done == total)
@@ -403,22 +406,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from studio.engine.model_folder import ModelFolderError
 
+    output = Path(args.output_path).expanduser().resolve()
     try:
         return train(args)
     except (TrainingError, DatasetError, LoraFormatError, ModelFolderError,
-            checkpoint.ResumeError) as exc:
-        _report(exc)
-        return 2
-    except RuntimeError as exc:  # torch.OutOfMemoryError included
-        if not _is_oom(exc):
-            raise
-        first = (str(exc).splitlines() or [""])[0]
-        _report(f"{_oom_message(args)}\n  ({type(exc).__name__}: {first})")
-        return 3
+            checkpoint.CheckpointError) as exc:
+        return _fail(output, str(exc), 2)
+    except Exception as exc:  # noqa: BLE001 - whatever ends the run is recorded as its error
+        if _is_oom(exc):
+            first = (str(exc).splitlines() or [""])[0]
+            return _fail(output, f"{_oom_message(args)}\n  ({type(exc).__name__}: {first})", 3)
+        log.error("%s", "".join(traceback.format_exception(exc, limit=-TRACEBACK_FRAMES)).rstrip())
+        return _fail(output, f"{type(exc).__name__}: {exc}", 1)
 
 
-def _report(message) -> None:
+def _fail(output: Path, message: str, code: int) -> int:
+    """Log the error and record it as the run's (rank 0 writes error.json); where even that
+    cannot be written (a full disk, a broken folder), it goes on stderr behind FATAL_PREFIX,
+    which the supervisor's log keeps."""
     if log.handlers:
         log.error("%s", message)
     else:
         print(f"error: {message}", file=sys.stderr)
+    if dist.is_main():
+        try:
+            run_files.write_error(output, message)
+            return code
+        except OSError as exc:
+            log.error("could not write %s: %s", output / run_files.ERROR, exc)
+    print(run_files.FATAL_PREFIX + " ".join(message.split("\n")), file=sys.stderr, flush=True)
+    return code
