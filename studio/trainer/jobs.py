@@ -24,7 +24,7 @@ from typing import Callable
 from ..engine.adapters import resolve_adapter
 from ..runs_store import ACTIVE
 from ..store import Store, now
-from . import launch, multinode, steplog, validation
+from . import launch, multinode, process_group, steplog, validation
 from .accelerate_config import write_config
 from .args import check_args
 from .launch import TrainOptions
@@ -32,21 +32,6 @@ from .lora_io import check_compatible
 from .samples import list_samples
 
 LOG_TAIL = 20
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie has exited; only its parent's wait() is missing
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def tail(path: Path, lines: int = LOG_TAIL) -> list[str]:
@@ -183,6 +168,7 @@ class JobManager:
             log = (folder / "train.log").open("ab")
             supervised = [sys.executable, "-m", "studio.trainer.supervise",
                           str(folder / "exit.json"), "--", *command]
+            # A new session: the supervisor leads the run's process group (pgid = its pid).
             child = subprocess.Popen(supervised, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, start_new_session=True,
                                      cwd=multinode.REPO)
@@ -251,6 +237,9 @@ class JobManager:
         run = self.reconcile_one(self.runs.require(run_id))
         if run["status"] in ("queued", *ACTIVE):
             raise ValueError(f"run {run_id} is {run['status']}; stop it before resuming")
+        if self._alive_run(run):  # marked ended (say, by a studio that watched one pid only)
+            raise ValueError(f"run {run_id} is still running ({self._processes(run)}), although "
+                             f"marked {run['status']}; stop it before resuming")
         self.runs.update(run_id, status="queued", error=None)
         self.dispatch()
         return self.runs.get(run_id)
@@ -286,6 +275,13 @@ class JobManager:
             return bool(listed.stdout.strip())
         return self._running(run["pid"])
 
+    @staticmethod
+    def _processes(run: dict) -> str:
+        if run.get("scheduler_job"):
+            return f"Slurm job {run['scheduler_job']}"
+        pids = ", ".join(map(str, process_group.members(run["pid"])))
+        return f"process group {run['pid']}: {pids or 'pids unknown'}"
+
     def _never_joined(self, run: dict) -> bool:
         """Several nodes, and rank 0 has not started after join_timeout: someone is missing.
         (Rank 0 writes output/train.log only once every node has joined.)"""
@@ -297,10 +293,12 @@ class JobManager:
         return not joined and waited.total_seconds() > opts.get("join_timeout", 600)
 
     def _running(self, pid: int | None) -> bool:
+        """The run lives while any process of its group does; the supervisor's pid is the
+        group's id, and it may be gone (killed) while its launcher and trainer go on."""
         child = self._children.get(pid)
         if child is not None:  # our own child: reap it so it does not linger as a zombie
-            return child.poll() is None
-        return _alive(pid)
+            child.poll()
+        return process_group.alive(pid)
 
     def reconcile(self) -> list[dict]:
         """Bring every active run in line with its process, register new checkpoints as

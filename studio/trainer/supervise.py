@@ -4,7 +4,8 @@ writes how it ended to EXIT_FILE.
 It leads the run's process group, so the studio can stop the whole group and, after a
 studio restart, still learn the exit status (a restarted studio is not the parent and
 cannot wait() for it). SIGTERM/SIGINT reach every process of the group; the supervisor
-itself only waits until the last of them (e.g. a trainer still saving) has exited.
+itself only waits until the last of its descendants (e.g. a trainer still saving) has
+exited. If the supervisor dies, its command gets a parent-death signal (process_group.py).
 """
 from __future__ import annotations
 
@@ -16,18 +17,16 @@ import sys
 import time
 from pathlib import Path
 
+from .process_group import SUPERVISOR_ENV, become_subreaper, dies_with_this_process
 
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp
-                members.append(int(entry.name))
-    return members
+
+def _reap_all() -> None:
+    """Wait for every child: as a subreaper, that is every descendant, whoever its parent was."""
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            return
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     exit_file, command = Path(argv[0]), argv[2:]
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)  # the group's processes handle it; we keep waiting
-    code = subprocess.Popen(command).wait()
-    if os.path.isdir("/proc"):
-        while _group_members(os.getpgid(0)):
-            time.sleep(0.2)
+    become_subreaper()
+    env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+    code = subprocess.Popen(command, env=env, preexec_fn=dies_with_this_process()).wait()
+    _reap_all()
     tmp = exit_file.with_suffix(".tmp")
     tmp.write_text(json.dumps({"code": code, "ended_at": time.time()}))
     os.replace(tmp, exit_file)
