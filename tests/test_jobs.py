@@ -9,6 +9,7 @@ import psutil
 import pytest
 
 from studio.store import Store
+from studio.trainer import run_files
 from studio.trainer.jobs import JobManager
 from studio.trainer.launch import PRESETS, TrainOptions
 
@@ -65,7 +66,7 @@ def test_stop_saves_a_checkpoint_and_resume_finishes_the_same_run(jobs, demo_mod
     assert jobs.stop(run["id"])["status"] == "stopping"
     stopped = jobs.wait(run["id"], timeout=120)
     assert stopped["status"] == "stopped", stopped["error"]
-    state = json.loads((output / "resume" / "state.json").read_text())
+    state = json.loads((run_files.current_state(output) / run_files.STATE).read_text())
     assert state["step"] >= 2
     at_stop = state["step"]
 

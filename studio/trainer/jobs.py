@@ -24,7 +24,7 @@ from typing import Callable
 from ..engine.adapters import resolve_adapter
 from ..runs_store import ACTIVE
 from ..store import Store, now
-from . import launch, multinode, process_group, steplog, validation
+from . import launch, multinode, process_group, run_files, steplog, validation
 from .accelerate_config import write_config
 from .args import check_args
 from .launch import TrainOptions
@@ -32,6 +32,9 @@ from .lora_io import check_compatible
 from .samples import list_samples
 
 LOG_TAIL = 20
+# The run folder's own files (the output folder's are in run_files.py).
+RUN_LOG = "train.log"  # all the launch prints: the supervisor's stdout and stderr
+EXIT = "exit.json"     # written by the supervisor when the last process of the run ended
 
 
 def tail(path: Path, lines: int = LOG_TAIL) -> list[str]:
@@ -46,7 +49,7 @@ def tail(path: Path, lines: int = LOG_TAIL) -> list[str]:
 
 
 def read_metrics(output: Path) -> list[dict]:
-    return steplog.read(output / "metrics.jsonl")
+    return steplog.read(output / run_files.METRICS)
 
 
 def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
@@ -141,7 +144,7 @@ class JobManager:
         opts = TrainOptions.from_dict(run["config"])
         project = self.runs.project_name(run)
         folder = Path(run["run_dir"])
-        resume = (folder / "output" / "resume" / "state.json").is_file()
+        resume = run_files.current_state(folder / "output") is not None
         try:
             if not (folder / "dataset" / "metadata_edit.csv").is_file():
                 from ..dataset.export import export_dataset
@@ -156,7 +159,7 @@ class JobManager:
                 env = training_env(env, opts.env, opts.cann_set_env or None)
             if self.before_start:
                 self.before_start(opts.device)
-            (folder / "exit.json").unlink(missing_ok=True)
+            (folder / EXIT).unlink(missing_ok=True)
             shutil.rmtree(folder / "nodes", ignore_errors=True)
             if opts.num_machines > 1 and opts.launcher == "slurm":
                 job = subprocess.run(["sbatch", "--parsable", *command], capture_output=True,
@@ -165,14 +168,14 @@ class JobManager:
                                  started_at=now(), ended_at=None, exit_code=None, error=None,
                                  command=shown)
                 return
-            log = (folder / "train.log").open("ab")
+            printed = (folder / RUN_LOG).open("ab")
             supervised = [sys.executable, "-m", "studio.trainer.supervise",
-                          str(folder / "exit.json"), "--", *command]
+                          str(folder / EXIT), "--", *command]
             # A new session: the supervisor leads the run's process group (pgid = its pid).
-            child = subprocess.Popen(supervised, stdout=log, stderr=subprocess.STDOUT,
+            child = subprocess.Popen(supervised, stdout=printed, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, start_new_session=True,
                                      cwd=multinode.REPO)
-            log.close()
+            printed.close()
         except Exception as exc:  # noqa: BLE001 - any failure to start is the run's failure
             detail = getattr(exc, "stderr", None) or exc
             self.runs.update(run["id"], status="failed", error=f"could not start: {detail}",
@@ -289,7 +292,7 @@ class JobManager:
         if opts.get("num_machines", 1) < 2 or not run["started_at"]:
             return False
         waited = datetime.now(timezone.utc) - datetime.fromisoformat(run["started_at"])
-        joined = (Path(run["run_dir"]) / "output" / "train.log").is_file()
+        joined = (Path(run["run_dir"]) / "output" / run_files.LOG).is_file()
         return not joined and waited.total_seconds() > opts.get("join_timeout", 600)
 
     def _running(self, pid: int | None) -> bool:
@@ -328,15 +331,16 @@ class JobManager:
             folder = Path(run["run_dir"])
             code = self._exit_code(folder)
             output = folder / "output"
-            if code == 0 and (output / "final.safetensors").is_file() and run["status"] == "running":
+            if code == 0 and (output / run_files.FINAL).is_file() and run["status"] == "running":
                 status, error = "finished", None
-            elif run["status"] == "stopping" or (code == 0 and (output / "resume").is_dir()):
+            elif run["status"] == "stopping" or (code == 0 and
+                                                 run_files.current_state(output) is not None):
                 status, error = "stopped", None
             else:
                 status = "failed"
                 why = (f"exit status {code}" if code is not None
                        else "the process disappeared without an exit status (killed?)")
-                error = "\n".join([why, *multinode.node_report(folder), *tail(folder / "train.log")])
+                error = "\n".join([why, *multinode.node_report(folder), *tail(folder / RUN_LOG)])
             self._register_adapters(run)
             run = self.runs.update(run["id"], status=status, exit_code=code, error=error,
                                    ended_at=now())
@@ -347,8 +351,8 @@ class JobManager:
     @staticmethod
     def _exit_code(folder: Path) -> int | None:
         """The supervisor's exit.json; for Slurm runs, the worst of the nodes' exit files."""
-        if (folder / "exit.json").is_file():
-            return json.loads((folder / "exit.json").read_text())["code"]
+        if (folder / EXIT).is_file():
+            return json.loads((folder / EXIT).read_text())["code"]
         codes = [int(f.read_text().strip() or 1) for f in (folder / "nodes").glob("*.exit")] \
             if (folder / "nodes").is_dir() else []
         return max(codes, key=abs) if codes else None
@@ -359,8 +363,7 @@ class JobManager:
             return
         known = self.runs.adapter_steps(run["id"])
         project = self.runs.project_name(run)
-        for path in sorted(output.glob("step-*.safetensors")):
-            step = int(path.stem.split("-")[1])
+        for step, path in sorted(run_files.checkpoint_steps(output).items()):
             if step not in known:
                 self.store.add_adapter(project, f"{run['name']} #{run['id']}", path,
                                        run_id=run["id"], step=step)
@@ -377,7 +380,7 @@ class JobManager:
                 "loss": last.get("loss"), "lr": last.get("lr"),
                 "samples_per_s": last.get("samples_per_s"), "eta_s": last.get("eta"),
                 "peak_mem_gb": last.get("peak_mem_gb"),
-                "metrics": metrics, "log": tail(folder / "train.log"),
+                "metrics": metrics, "log": tail(folder / RUN_LOG),
                 "loss_smoothed": smoothed([float(m["loss"]) for m in metrics]),
                 "validation": validation.read(folder / "output"),
                 # Sample edits of the validation pairs, latest checkpoint first.
