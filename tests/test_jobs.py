@@ -2,16 +2,20 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
 import pytest
 
-from studio.store import Store
+from studio.store import Store, now
 from studio.trainer import run_files
-from studio.trainer.jobs import JobManager
+from studio.trainer.jobs import EXIT, RUN_LOG, JobManager
 from studio.trainer.launch import PRESETS, TrainOptions
+from studio.trainer.multinode import REPO
 
 
 def options(demo_model, **changes) -> TrainOptions:
@@ -150,3 +154,54 @@ def test_cli_trains_follows_lists_shows_and_deletes_a_run(projects, demo_model, 
     assert shown["val_loss"] > 0 and any("done: 2 steps" in line for line in shown["log"])
     assert main(["runs", "delete", str(row["id"])]) == 0
     assert not Path(row["run_dir"]).exists() and Store(projects).runs.list() == []
+
+
+def ended_run(jobs, code: int, final: bool = False) -> dict:
+    """A run still marked running whose real supervisor ran a stand-in for the trainer that
+    exited with `code`, as if it had ended while nobody looked."""
+    run = jobs.runs.create("p", "stand-in", "", TrainOptions().as_dict(), "cpu")
+    folder = jobs.run_dir("p", run["id"])
+    (folder / "output").mkdir(parents=True)
+    if final:
+        (folder / "output" / run_files.FINAL).write_bytes(b"")
+    script = f"import sys; sys.exit({code})"
+    with (folder / RUN_LOG).open("ab") as log:
+        supervisor = subprocess.Popen([sys.executable, "-m", "studio.trainer.supervise",
+                                       str(folder / EXIT), "--", sys.executable, "-c", script],
+                                      stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                      start_new_session=True)
+        supervisor.wait()
+    return jobs.runs.update(run["id"], status="running", pid=supervisor.pid, run_dir=str(folder),
+                            started_at=now())
+
+
+def test_runs_show_prints_the_reconciled_status_at_once(jobs, projects, capsys):
+    from studio.cli import main
+
+    run = ended_run(jobs, 1)
+    assert main(["runs", "show", str(run["id"]), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "failed" and shown["exit_code"] == 1
+
+
+def test_a_run_ends_at_the_time_its_supervisor_recorded(jobs):
+    run = ended_run(jobs, 0, final=True)
+    exit_file = Path(run["run_dir"]) / EXIT
+    recorded = json.loads(exit_file.read_text())
+    recorded["ended_at"] -= 3600  # as if the studio looked an hour after the exit
+    exit_file.write_text(json.dumps(recorded))
+    done = jobs.reconcile_one(run)
+    assert done["status"] == "finished"
+    expected = datetime.fromtimestamp(recorded["ended_at"], timezone.utc)
+    assert datetime.fromisoformat(done["ended_at"]) == expected.replace(microsecond=0)
+
+
+def test_the_manager_settles_runs_in_the_background(jobs):
+    run = ended_run(jobs, 0, final=True)
+    reconciler = jobs.start_reconciler(every=0.1)
+    assert jobs.start_reconciler() is reconciler  # one per manager
+    wait_for(lambda: jobs.runs.get(run["id"])["status"] == "finished", timeout=10,
+             what="the background reconcile")  # read from the store alone, no reconcile
+    jobs.stop_reconciler()
+    assert not reconciler.is_alive()
+

@@ -119,8 +119,9 @@ def train(args) -> int:
     return follow(jobs, run["id"])
 
 
-def summary(jobs: JobManager, run: dict) -> dict:
-    snap = jobs.snapshot(run["id"])
+def summary(jobs: JobManager, snap: dict) -> dict:
+    """A run's snapshot in short; its row is the reconciled one the snapshot holds."""
+    run = snap["run"]
     return {"id": run["id"], "name": run["name"], "project": jobs.runs.project_name(run),
             "status": run["status"], "step": snap["step"], "total": snap["total"],
             "loss": snap["loss"], "pid": run["pid"],
@@ -133,7 +134,7 @@ def summary(jobs: JobManager, run: dict) -> dict:
 def list_runs(args) -> int:
     jobs = manager(args)
     jobs.reconcile()
-    rows = [summary(jobs, r) for r in jobs.runs.list(args.project)]
+    rows = [summary(jobs, jobs.snapshot(r["id"])) for r in jobs.runs.list(args.project)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -146,8 +147,8 @@ def list_runs(args) -> int:
 
 def show_run(args) -> int:
     jobs = manager(args)
-    row = summary(jobs, jobs.runs.require(args.id))
-    row["log"] = jobs.snapshot(args.id)["log"]
+    snap = jobs.snapshot(args.id)
+    row = {**summary(jobs, snap), "log": snap["log"]}
     if args.json:
         print(json.dumps(row, indent=2))
         return 0

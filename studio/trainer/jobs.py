@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
@@ -32,9 +33,12 @@ from .lora_io import check_compatible
 from .samples import list_samples
 
 LOG_TAIL = 20
+RECONCILE_EVERY = 3.0  # seconds between the app's background reconciles
 # The run folder's own files (the output folder's are in run_files.py).
 RUN_LOG = "train.log"  # all the launch prints: the supervisor's stdout and stderr
 EXIT = "exit.json"     # written by the supervisor when the last process of the run ended
+
+log = logging.getLogger(__name__)
 
 
 def tail(path: Path, lines: int = LOG_TAIL) -> list[str]:
@@ -50,6 +54,11 @@ def tail(path: Path, lines: int = LOG_TAIL) -> list[str]:
 
 def read_metrics(output: Path) -> list[dict]:
     return steplog.read(output / run_files.METRICS)
+
+
+def _iso(epoch: float) -> str:
+    """A time.time() in the store's format (store.now())."""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
 
 
 def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
@@ -70,6 +79,8 @@ class JobManager:
         self.before_start = before_start
         self._children: dict[int, subprocess.Popen] = {}
         self._lock = threading.RLock()
+        self._reconciler: threading.Thread | None = None
+        self._stop_reconciling = threading.Event()
 
     # -- planning -------------------------------------------------------------
     def run_dir(self, project: str, run_id: int) -> Path:
@@ -312,6 +323,32 @@ class JobManager:
             self.dispatch()
         return self.runs.list()
 
+    def start_reconciler(self, every: float = RECONCILE_EVERY) -> threading.Thread:
+        """Reconcile every `every` seconds in a daemon thread, so a run that ended is settled
+        and the queue moves on with no page open. One thread per manager, however often
+        this is called."""
+        with self._lock:
+            if self._reconciler is None:
+                self._stop_reconciling.clear()
+                self._reconciler = threading.Thread(target=self._reconcile_every, args=(every,),
+                                                    name="reconcile-runs", daemon=True)
+                self._reconciler.start()
+            return self._reconciler
+
+    def stop_reconciler(self) -> None:
+        with self._lock:
+            thread, self._reconciler = self._reconciler, None
+        self._stop_reconciling.set()
+        if thread is not None:
+            thread.join()  # not under the lock: the thread may be waiting for it
+
+    def _reconcile_every(self, every: float) -> None:
+        while not self._stop_reconciling.wait(every):
+            try:
+                self.reconcile()
+            except Exception:  # noqa: BLE001 - one failure (a busy database) must not end it
+                log.exception("reconciling the training runs failed; trying again in %gs", every)
+
     def reconcile_one(self, run: dict, dispatch: bool = True) -> dict:
         with self._lock:
             if run["status"] in ACTIVE or run["status"] in ("stopped", "finished", "failed"):
@@ -329,7 +366,7 @@ class JobManager:
                 return run
             self._children.pop(run["pid"], None)
             folder = Path(run["run_dir"])
-            code = self._exit_code(folder)
+            code, ended = self._exit(folder)
             output = folder / "output"
             if code == 0 and (output / run_files.FINAL).is_file() and run["status"] == "running":
                 status, error = "finished", None
@@ -343,19 +380,21 @@ class JobManager:
                 error = "\n".join([why, *multinode.node_report(folder), *tail(folder / RUN_LOG)])
             self._register_adapters(run)
             run = self.runs.update(run["id"], status=status, exit_code=code, error=error,
-                                   ended_at=now())
+                                   ended_at=_iso(ended) if ended else now())
         if dispatch:
             self.dispatch()
         return run
 
     @staticmethod
-    def _exit_code(folder: Path) -> int | None:
-        """The supervisor's exit.json; for Slurm runs, the worst of the nodes' exit files."""
+    def _exit(folder: Path) -> tuple[int | None, float | None]:
+        """(exit status, when it ended) from the supervisor's exit file; for Slurm runs, the
+        worst of the nodes' exit files, with no time."""
         if (folder / EXIT).is_file():
-            return json.loads((folder / EXIT).read_text())["code"]
+            ended = json.loads((folder / EXIT).read_text())
+            return ended["code"], ended.get("ended_at")
         codes = [int(f.read_text().strip() or 1) for f in (folder / "nodes").glob("*.exit")] \
             if (folder / "nodes").is_dir() else []
-        return max(codes, key=abs) if codes else None
+        return (max(codes, key=abs) if codes else None), None
 
     def _register_adapters(self, run: dict) -> None:
         output = Path(run["run_dir"] or ".") / "output"

@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     # A run on the editor's accelerator needs its memory: the editor lets go of its pipeline.
     jobs = JobManager(store, before_start=lambda device: editor.shares_device(device) and editor.release())
     jobs.reconcile()  # runs left from before a restart: reattach the live ones, settle the dead
+    jobs.start_reconciler()  # and from now on, whether or not a page is open
     app = build_app(store, editor, jobs)
     app.queue(default_concurrency_limit=None)
     app.launch(server_name=args.host, server_port=args.port, auth=auth,
