@@ -156,15 +156,15 @@ def test_cli_trains_follows_lists_shows_and_deletes_a_run(projects, demo_model, 
     assert not Path(row["run_dir"]).exists() and Store(projects).runs.list() == []
 
 
-def ended_run(jobs, code: int, final: bool = False) -> dict:
+def ended_run(jobs, code: int, stderr: str = "", final: bool = False) -> dict:
     """A run still marked running whose real supervisor ran a stand-in for the trainer that
-    exited with `code`, as if it had ended while nobody looked."""
+    printed `stderr` and exited with `code`, as if it had ended while nobody looked."""
     run = jobs.runs.create("p", "stand-in", "", TrainOptions().as_dict(), "cpu")
     folder = jobs.run_dir("p", run["id"])
     (folder / "output").mkdir(parents=True)
     if final:
         (folder / "output" / run_files.FINAL).write_bytes(b"")
-    script = f"import sys; sys.exit({code})"
+    script = f"import sys; sys.stderr.write({stderr!r}); sys.exit({code})"
     with (folder / RUN_LOG).open("ab") as log:
         supervisor = subprocess.Popen([sys.executable, "-m", "studio.trainer.supervise",
                                        str(folder / EXIT), "--", sys.executable, "-c", script],
@@ -205,3 +205,22 @@ def test_the_manager_settles_runs_in_the_background(jobs):
     jobs.stop_reconciler()
     assert not reconciler.is_alive()
 
+
+def test_a_failed_run_starts_its_error_with_the_trainers_fallback_line(jobs):
+    traceback = "".join(f"  line {n} of a launcher's traceback\n" for n in range(40))
+    cause = "PermissionError: [Errno 13] Permission denied: 'output/.step.tmp'"
+    run = ended_run(jobs, 1, f"{run_files.FATAL_PREFIX}{cause}\n{traceback}")
+    lines = jobs.reconcile_one(run)["error"].splitlines()
+    assert lines[:2] == [cause, "exit status 1"]
+    assert lines[-1] == "  line 39 of a launcher's traceback"
+
+
+def test_a_failed_run_names_the_trainers_own_error_first(jobs, demo_model, tmp_path):
+    missing = tmp_path / "no-model"
+    run = jobs.submit("p", options(demo_model, model=str(missing)))
+    failed = jobs.wait(run["id"], timeout=240)
+    assert failed["status"] == "failed"
+    # The trainer's own words (its error.json), not accelerate's CalledProcessError, come first.
+    error = failed["error"]
+    assert error.startswith(f"{missing} is not a usable Qwen-Image-Edit model folder")
+    assert error.index("exit status") > error.index("Expected the diffusers layout")

@@ -33,6 +33,8 @@ from .lora_io import check_compatible
 from .samples import list_samples
 
 LOG_TAIL = 20
+# The trainer's fallback error line may sit above a launcher's long traceback.
+FATAL_SEARCH = 400
 RECONCILE_EVERY = 3.0  # seconds between the app's background reconciles
 # The run folder's own files (the output folder's are in run_files.py).
 RUN_LOG = "train.log"  # all the launch prints: the supervisor's stdout and stderr
@@ -59,6 +61,17 @@ def read_metrics(output: Path) -> list[dict]:
 def _iso(epoch: float) -> str:
     """A time.time() in the store's format (store.now())."""
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
+
+
+def failure(folder: Path, code: int | None) -> str:
+    """Why a run failed: the trainer's own error first, then the exit status, each node's
+    report and the log tail."""
+    lines = tail(folder / RUN_LOG, FATAL_SEARCH)
+    cause = run_files.read_error(folder / "output") or run_files.fatal_line(lines)
+    why = (f"exit status {code}" if code is not None
+           else "the process disappeared without an exit status (killed?)")
+    return "\n".join([*([cause] if cause else []), why, *multinode.node_report(folder),
+                      *lines[-LOG_TAIL:]])
 
 
 def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
@@ -170,7 +183,9 @@ class JobManager:
                 env = training_env(env, opts.env, opts.cann_set_env or None)
             if self.before_start:
                 self.before_start(opts.device)
-            (folder / EXIT).unlink(missing_ok=True)
+            # The last start's outcome goes: its exit status and the trainer's own error.
+            for outcome in (folder / EXIT, folder / "output" / run_files.ERROR):
+                outcome.unlink(missing_ok=True)
             shutil.rmtree(folder / "nodes", ignore_errors=True)
             if opts.num_machines > 1 and opts.launcher == "slurm":
                 job = subprocess.run(["sbatch", "--parsable", *command], capture_output=True,
@@ -374,10 +389,7 @@ class JobManager:
                                                  run_files.current_state(output) is not None):
                 status, error = "stopped", None
             else:
-                status = "failed"
-                why = (f"exit status {code}" if code is not None
-                       else "the process disappeared without an exit status (killed?)")
-                error = "\n".join([why, *multinode.node_report(folder), *tail(folder / RUN_LOG)])
+                status, error = "failed", failure(folder, code)
             self._register_adapters(run)
             run = self.runs.update(run["id"], status=status, exit_code=code, error=error,
                                    ended_at=_iso(ended) if ended else now())
