@@ -68,6 +68,19 @@ def build_row(store: Store, project: str, candidate: Candidate,
     return row
 
 
+def renamed(wanted: str, stored: str) -> str:
+    """Why a pair's sample id is not the one its data named: two names never become one id
+    unnoticed."""
+    cleaned = safe_sample_id(wanted, "")
+    why = []
+    if cleaned != wanted:
+        why.append("characters a file name cannot hold became '_'" if cleaned
+                   else "it has no letter or digit to keep")
+    if cleaned and cleaned != stored:
+        why.append(f"{cleaned!r} was taken")
+    return f"sample id {wanted!r} is stored as {stored!r} ({'; '.join(why)})"
+
+
 def drop_vanished(store: Store, project: str, inserted: list[dict], rows_of: dict[str, str],
                   report: ImportReport) -> list[dict]:
     """An image stored once already is reused, not rewritten; deleting the last pair that
@@ -93,6 +106,7 @@ def ingest(store: Store, project: str, candidates: Iterable[Candidate], report: 
     pairs.project_id(project)  # fail before reading anything if the project is missing
     batch: list[dict] = []
     rows_of: dict[str, str] = {}
+    asked: dict[str, str] = {}  # pair_key -> the sample id the data named
 
     def flush() -> None:
         inserted, present = pairs.add(project, batch)
@@ -100,12 +114,16 @@ def ingest(store: Store, project: str, candidates: Iterable[Candidate], report: 
         report.added += len(inserted)
         report.already_present += present
         for row in inserted:
+            wanted = asked.get(row["pair_key"])
+            if wanted is not None and wanted != row["sample_id"]:
+                report.warnings.append((rows_of[row["pair_key"]], renamed(wanted, row["sample_id"])))
             for problem in row["issues"]:
                 if problem["level"] != "info":
                     report.warnings.append((rows_of[row["pair_key"]],
                                             f"{problem['level']}: {problem['message']}"))
         batch.clear()
         rows_of.clear()
+        asked.clear()
 
     def build(candidate: Candidate) -> dict | BadImage:
         try:
@@ -124,6 +142,8 @@ def ingest(store: Store, project: str, candidates: Iterable[Candidate], report: 
                 else:
                     batch.append(row)
                     rows_of.setdefault(row["pair_key"], candidate.row)
+                    if candidate.sample_id is not None:
+                        asked.setdefault(row["pair_key"], str(candidate.sample_id))
                     if len(batch) >= batch_size:
                         flush()
                 done += 1
