@@ -88,18 +88,18 @@ def rewriter(projects: str, start, stop, results) -> None:
         results.put(("crash", repr(exc)))
 
 
-def run_at_once(projects: Path, folders: list[Path], rewrite: bool) -> list[tuple]:
-    """Importers (and a rewriter) in separate processes, released by one barrier."""
-    start, stop, results = SPAWN.Barrier(len(folders) + rewrite), SPAWN.Event(), SPAWN.Queue()
+def run_at_once(projects: Path, folders: list[Path]) -> list[tuple]:
+    """An importer per folder and a rewriter, separate processes released by one barrier."""
+    start, stop, results = SPAWN.Barrier(len(folders) + 1), SPAWN.Event(), SPAWN.Queue()
     imports = [SPAWN.Process(target=importer, args=(str(projects), str(f), start, results))
                for f in folders]
-    others = [SPAWN.Process(target=rewriter, args=(str(projects), start, stop, results))] if rewrite else []
-    for process in imports + others:
+    rewrites = SPAWN.Process(target=rewriter, args=(str(projects), start, stop, results))
+    for process in [*imports, rewrites]:
         process.start()
     outcomes = [results.get(timeout=120) for _ in imports]
     stop.set()
-    outcomes += [results.get(timeout=120) for _ in others]
-    for process in imports + others:
+    outcomes.append(results.get(timeout=120))
+    for process in [*imports, rewrites]:
         process.join(timeout=30)
     return outcomes
 
@@ -113,7 +113,7 @@ def shared_project(tmp_path):
 
 def test_three_importers_and_a_rewriter_at_once_store_every_row_exactly_once(shared_project, tmp_path):
     folders, expected = import_folder_set(tmp_path / "data", 3)
-    outcomes = run_at_once(shared_project, folders, rewrite=True)
+    outcomes = run_at_once(shared_project, folders)
 
     assert not [o for o in outcomes if o[0] == "crash"], outcomes
     imports = [o for o in outcomes if o[0] == "import"]
