@@ -21,7 +21,7 @@ from studio.store import SCHEMA_VERSION, Store
 from tests.dataset_helpers import encoded, store  # noqa: F401 (fixture)
 
 PREFIX = "sks, "
-UNIQUE, SHARED, VARIANTS, UNTITLED = 300, 40, 5, 5
+UNIQUE, SHARED, VARIANTS, UNTITLED = 200, 40, 5, 5
 SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter each: its own Store
 
 
