@@ -241,18 +241,20 @@ class Pairs:
                 search: str | None = None) -> Iterator[dict[str, Any]]:
         """Every pair (or those page() would find), in id order, read in keyset batches
         (constant memory)."""
-        where, params = self._where(self.project_id(project), search, split, None)
         last = 0
-        while True:
-            with self._lock:
-                rows = self.db.execute_returning_dicts(
-                    f"SELECT * FROM pairs WHERE {where} AND id > ? ORDER BY id LIMIT ?",
-                    [*params, last, batch])
-            if not rows:
-                return
-            for row in rows:
-                yield _decode(row)
+        while rows := self.batch_after(project, last, batch, split, search):
+            yield from rows
             last = rows[-1]["id"]
+
+    def batch_after(self, project: str, last: int, batch: int = 1000, split: str | None = None,
+                    search: str | None = None) -> list[dict[str, Any]]:
+        """The next `batch` pairs with ids above `last`, in id order."""
+        where, params = self._where(self.project_id(project), search, split, None)
+        with self._lock:
+            rows = self.db.execute_returning_dicts(
+                f"SELECT * FROM pairs WHERE {where} AND id > ? ORDER BY id LIMIT ?",
+                [*params, last, batch])
+        return [_decode(row) for row in rows]
 
     def duplicate_groups(self, project: str) -> list[list[tuple[int, str]]]:
         """Pairs sharing the same source and target images, as [(id, sample_id), …] groups."""

@@ -16,6 +16,8 @@ from studio.dataset.checks import pair_issues
 from studio.dataset.importers import import_folder
 from studio.dataset.ingest import mark_duplicates
 from studio.dataset.instructions import Rewrite, rewrite_instructions
+from studio.dataset.split import hold_out
+from studio.dataset.validate import validate_project
 from studio.pairs_store import Pairs, status_of
 from studio.store import SCHEMA_VERSION, Store
 from tests.dataset_helpers import encoded, store  # noqa: F401 (fixture)
@@ -188,12 +190,14 @@ WRITERS = {
     "pairs.delete": lambda s: s.pairs.delete("p", [1]),
     "mark_duplicates": lambda s: mark_duplicates(s, "p"),
     "rewrite_instructions": lambda s: rewrite_instructions(s, "p", Rewrite(prefix=PREFIX)),
+    "validate_project": lambda s: validate_project(s, "p"),
+    "hold_out": lambda s: hold_out(s, "p", 1),
     "runs.create": lambda s: s.runs.create("p", "run", "", {}, "cpu"),
     "runs.update": lambda s: s.runs.update(1, status="running"),
     "runs.delete": lambda s: s.runs.delete(1),
 }
 READ_MODIFY_WRITE = {"pairs.add", "pairs.update_instruction", "pairs.delete", "mark_duplicates",
-                     "rewrite_instructions", "delete_project"}
+                     "rewrite_instructions", "delete_project", "hold_out"}
 
 
 def traced(store: Store, action) -> list[str]:

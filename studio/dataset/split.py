@@ -11,12 +11,14 @@ def hold_out(store: Store, project: str, count: int, seed: int = 0) -> list[int]
     pairs with errors are never drawn. Returns their ids."""
     if count < 1:
         raise ValueError("hold out at least one pair")
-    candidates = [p["id"] for p in store.pairs.iterate(project, split="train") if p["status"] != "error"]
-    if count >= len(candidates):
-        raise ValueError(f"{project!r} has {len(candidates)} usable training pair(s); holding out "
-                         f"{count} would leave nothing to train on")
-    chosen = sorted(random.Random(seed).sample(candidates, count))
-    store.pairs.set_split(project, chosen, "validation")
+    with store.write():  # the pairs drawn are still training pairs when they are marked
+        candidates = [p["id"] for p in store.pairs.iterate(project, split="train")
+                      if p["status"] != "error"]
+        if count >= len(candidates):
+            raise ValueError(f"{project!r} has {len(candidates)} usable training pair(s); holding "
+                             f"out {count} would leave nothing to train on")
+        chosen = sorted(random.Random(seed).sample(candidates, count))
+        store.pairs.set_split(project, chosen, "validation")
     return chosen
 
 

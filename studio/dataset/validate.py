@@ -20,6 +20,18 @@ class ValidationReport:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def add(self, pair: dict, issues: list[dict]) -> None:
+        levels = {i["level"] for i in issues}
+        self.pairs += 1
+        if "error" in levels:
+            self.errors += 1
+        elif "warning" in levels:
+            self.warnings += 1
+        else:
+            self.ok += 1
+        self.problems += [{"id": pair["id"], "sample_id": pair["sample_id"], **i}
+                          for i in issues if i["level"] != "info"]
+
     def summary(self) -> str:
         return (f"{self.project}: {self.pairs} pairs, {self.ok} ok, {self.warnings} with warnings, "
                 f"{self.errors} with errors")
@@ -35,32 +47,31 @@ def validate_project(store: Store, project: str, max_pixels: int = DEFAULT_MAX_P
     for group in pairs.duplicate_groups(project):
         for pair_id, _ in group:
             duplicates[pair_id] = ", ".join(s for i, s in group if i != pair_id)
-    updates = []
-    for done, pair in enumerate(pairs.iterate(project), 1):
-        issues = pair_issues(pair, max_pixels)
-        for role, relative in [("source", pair["source_path"]), ("target", pair["target_path"]),
-                               *[("extra source", p) for p in pair["extra_sources"]]]:
-            if not relative or not pairs.path(project, relative).is_file():
-                issues.append(issue("error", f"{role} image file is missing: {relative}"))
-        if pair["id"] in duplicates:
-            issues.append(issue("warning", f"duplicate: same source and target images as "
-                                           f"{duplicates[pair['id']]}"))
-        if issues != pair["issues"]:
-            updates.append((pair["id"], issues))
-        levels = {i["level"] for i in issues}
-        report.pairs += 1
-        if "error" in levels:
-            report.errors += 1
-        elif "warning" in levels:
-            report.warnings += 1
-        else:
-            report.ok += 1
-        report.problems += [{"id": pair["id"], "sample_id": pair["sample_id"], **i}
-                            for i in issues if i["level"] != "info"]
-        if len(updates) >= 1000:
-            pairs.set_issues(updates)
-            updates = []
+    last = 0
+    while True:
+        # A batch is read, checked and written back in one transaction, so an instruction
+        # rewritten meanwhile never gets the issues of its old text.
+        with store.write():
+            batch = pairs.batch_after(project, last)
+            found = [_issues(pairs, project, pair, duplicates.get(pair["id"]), max_pixels)
+                     for pair in batch]
+            pairs.set_issues([(pair["id"], issues) for pair, issues in zip(batch, found)
+                              if issues != pair["issues"]])
+        if not batch:
+            return report
+        for pair, issues in zip(batch, found):
+            report.add(pair, issues)
+        last = batch[-1]["id"]
         if progress:
-            progress(done, total)
-    pairs.set_issues(updates)
-    return report
+            progress(report.pairs, total)
+
+
+def _issues(pairs, project: str, pair: dict, duplicate_of: str | None, max_pixels: int) -> list[dict]:
+    issues = pair_issues(pair, max_pixels)
+    for role, relative in [("source", pair["source_path"]), ("target", pair["target_path"]),
+                           *[("extra source", p) for p in pair["extra_sources"]]]:
+        if not relative or not pairs.path(project, relative).is_file():
+            issues.append(issue("error", f"{role} image file is missing: {relative}"))
+    if duplicate_of:
+        issues.append(issue("warning", f"duplicate: same source and target images as {duplicate_of}"))
+    return issues
