@@ -11,16 +11,10 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .paths import safe_stem
 from .store import Store, now
 
 SPLITS = ("train", "validation")
 _JSON_COLUMNS = {"extra_sources": [], "issues": [], "meta": {}}
-
-
-def safe_sample_id(hint: str | None, fallback: str) -> str:
-    """sample_ids become file names on export: a safe, still readable stem of the hint."""
-    return safe_stem(hint) or fallback
 
 
 def status_of(issues: list[dict[str, str]]) -> str:
@@ -53,9 +47,6 @@ class Pairs:
 
     def project_id(self, project: str) -> int:
         return self.store.require_project(project)["id"]
-
-    def images_dir(self, project: str) -> Path:
-        return self.store.project_dir(project) / "images"
 
     def path(self, project: str, relative: str) -> Path:
         return self.store.project_dir(project) / relative
@@ -114,19 +105,6 @@ class Pairs:
             n += 1
             candidate = f"{wanted}_{n}"
         return candidate
-
-    def update_instruction(self, project: str, pair_id: int, instruction: str) -> dict[str, Any]:
-        from .dataset.checks import pair_issues  # checks know what an instruction may be
-
-        with self.store.write():
-            pair = self.require(project, pair_id)
-            pair["instruction"] = instruction
-            issues = pair_issues(pair)
-            self.db.execute(
-                "UPDATE pairs SET instruction = ?, issues = ?, status = ?, updated_at = ? "
-                "WHERE id = ?", [instruction, json.dumps(issues, ensure_ascii=False),
-                                 status_of(issues), now(), pair_id])
-        return self.require(project, pair_id)
 
     def set_instructions(self, updates: Iterable[tuple[int, str, list[dict[str, str]]]]) -> None:
         """(pair id, instruction, its re-checked issues) for many pairs in one transaction."""

@@ -6,6 +6,7 @@ import pytest
 from studio.cli import main
 from studio.dataset import importers
 from studio.dataset.export import SEED_COLUMNS, export_dataset
+from studio.dataset.instructions import set_instruction
 from studio.dataset.samples import add_sample_pairs
 from studio.dataset.validate import validate_project
 from tests.dataset_helpers import store, write_pair  # noqa: F401 (fixture)
@@ -31,7 +32,7 @@ def awkward_project(store, tmp_path):
     importers.import_folder(store, "p", folder)
     # Sidecars are stripped on import; set the exact texts through the store, as the tab does.
     for pair in store.pairs.page("p"):
-        store.pairs.update_instruction("p", pair["id"], AWKWARD[int(pair["sample_id"])])
+        set_instruction(store, "p", pair["id"], AWKWARD[int(pair["sample_id"])])
 
 
 def test_seed_export_round_trips_awkward_instructions_verbatim(store, tmp_path):
@@ -62,7 +63,7 @@ def test_export_then_reimport_gives_the_same_pairs(store, tmp_path):
 def test_validation_pairs_and_error_pairs_are_kept_apart(store, tmp_path):
     add_sample_pairs(store, "p", count=4)  # the last one is a validation pair
     first = store.pairs.page("p")[0]
-    store.pairs.update_instruction("p", first["id"], "   ")
+    set_instruction(store, "p", first["id"], "   ")
     result = export_dataset(store, "p", tmp_path / "out")
     assert (result.pairs, result.validation_pairs, result.skipped_errors) == (2, 1, 1)
     train = pd.read_csv(tmp_path / "out" / "metadata_edit.csv")

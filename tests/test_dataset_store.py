@@ -4,6 +4,7 @@ import pytest
 
 from studio.cli import main
 from studio.dataset.ingest import pair_key
+from studio.dataset.instructions import set_instruction
 from studio.store import SCHEMA_VERSION, Store
 from tests.dataset_helpers import store, write_pair  # noqa: F401 (fixture)
 
@@ -48,9 +49,9 @@ def test_adding_twice_adds_nothing_and_clashing_ids_get_suffixes(store):
 def test_edit_instruction_split_delete(store):
     rows, _ = store.pairs.add("p", fake_rows(4))
     ids = [r["id"] for r in rows]
-    updated = store.pairs.update_instruction("p", ids[0], "")
+    updated = set_instruction(store, "p", ids[0], "")
     assert updated["status"] == "error" and updated["issues"][0]["message"] == "empty instruction"
-    updated = store.pairs.update_instruction("p", ids[0], 'say "hi", then =1+1')
+    updated = set_instruction(store, "p", ids[0], 'say "hi", then =1+1')
     assert updated["status"] == "ok" and updated["instruction"] == 'say "hi", then =1+1'
     assert store.pairs.set_split("p", ids[:2], "validation") == 2
     assert store.pairs.count("p", split="validation") == 2
@@ -119,7 +120,7 @@ def test_holding_pairs_out_for_validation(store, capsys):
     from studio.dataset.split import hold_out, parse_count
 
     rows, _ = store.pairs.add("p", fake_rows(20))
-    store.pairs.update_instruction("p", rows[0]["id"], "")  # an error pair is never drawn
+    set_instruction(store, "p", rows[0]["id"], "")  # an error pair is never drawn
     assert parse_count("10%", 20) == 2 and parse_count("3", 20) == 3 and parse_count("1%", 20) == 1
     with pytest.raises(ValueError, match="percentage"):
         parse_count("some", 20)
@@ -133,7 +134,7 @@ def test_holding_pairs_out_for_validation(store, capsys):
     other = Store(store.root / "other")  # the same seed draws the same pairs
     other.create_project("p")
     other_rows, _ = other.pairs.add("p", fake_rows(20))
-    other.pairs.update_instruction("p", other_rows[0]["id"], "")
+    set_instruction(other, "p", other_rows[0]["id"], "")
     assert sorted(hold_out(other, "p", 2, seed=7)) == sorted(drawn)
     with pytest.raises(ValueError, match="nothing to train on"):
         hold_out(store, "p", 17)

@@ -87,3 +87,7 @@ def test_the_training_program_needs_no_store_jobs_or_ui(graph):
 def test_engine_dataset_and_store_do_not_import_jobs_or_trainer(graph):
     lower = [m for m in graph if m.startswith(("studio.engine", "studio.dataset") + STORE)]
     assert offenders(graph, lower, JOBS + ("studio.trainer",)) == []
+
+
+def test_the_store_calls_no_dataset_code(graph):
+    assert offenders(graph, [m for m in graph if m.startswith(STORE)], ("studio.dataset",)) == []

@@ -15,7 +15,7 @@ from PIL import Image
 from studio.dataset.checks import pair_issues
 from studio.dataset.importers import import_folder
 from studio.dataset.ingest import mark_duplicates
-from studio.dataset.instructions import Rewrite, rewrite_instructions
+from studio.dataset.instructions import Rewrite, rewrite_instructions, set_instruction
 from studio.dataset.split import hold_out
 from studio.dataset.validate import validate_project
 from studio.pairs_store import Pairs, status_of
@@ -183,7 +183,7 @@ WRITERS = {
                                        {"prompt": "x"}, 0.1),
     "add_adapter": lambda s: s.add_adapter("p", "lora", s.root / "lora.safetensors"),
     "pairs.add": lambda s: s.pairs.add("p", pair_rows(3)),
-    "pairs.update_instruction": lambda s: s.pairs.update_instruction("p", 1, "new"),
+    "set_instruction": lambda s: set_instruction(s, "p", 1, "new"),
     "pairs.set_split": lambda s: s.pairs.set_split("p", [1], "validation"),
     "pairs.set_issues": lambda s: s.pairs.set_issues([(1, [])]),
     "pairs.set_instructions": lambda s: s.pairs.set_instructions([(1, "new", [])]),
@@ -196,7 +196,7 @@ WRITERS = {
     "runs.update": lambda s: s.runs.update(1, status="running"),
     "runs.delete": lambda s: s.runs.delete(1),
 }
-READ_MODIFY_WRITE = {"pairs.add", "pairs.update_instruction", "pairs.delete", "mark_duplicates",
+READ_MODIFY_WRITE = {"pairs.add", "set_instruction", "pairs.delete", "mark_duplicates",
                      "rewrite_instructions", "delete_project", "hold_out"}
 
 

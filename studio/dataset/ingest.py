@@ -17,7 +17,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator
 
-from ..pairs_store import safe_sample_id, status_of
+from ..pairs_store import status_of
+from ..paths import safe_stem
 from ..store import Store
 from .checks import DEFAULT_MAX_PIXELS, issue, pair_issues
 from .images import BadImage, PreparedImage, prepare_image, store_image
@@ -66,6 +67,11 @@ def build_row(store: Store, project: str, candidate: Candidate,
     row["issues"] = pair_issues(row, max_pixels)
     row["status"] = status_of(row["issues"])
     return row
+
+
+def safe_sample_id(hint: str | None, fallback: str) -> str:
+    """sample_ids become file names on export: a safe, still readable stem of the hint."""
+    return safe_stem(hint) or fallback
 
 
 def renamed(wanted: str, stored: str) -> str:

@@ -35,6 +35,14 @@ class Rewrite:
         return text
 
 
+def set_instruction(store: Store, project: str, pair_id: int, text: str) -> dict:
+    """One pair's new instruction, re-checked in the same transaction; returns the pair."""
+    with store.write():
+        pair = store.pairs.require(project, pair_id)
+        store.pairs.set_instructions([(pair_id, text, pair_issues({**pair, "instruction": text}))])
+    return store.pairs.require(project, pair_id)
+
+
 def rewrite_instructions(store: Store, project: str, rewrite: Rewrite, search: str | None = None,
                          dry_run: bool = False) -> list[tuple[str, str, str]]:
     """Returns (sample_id, old, new) for every instruction that changes (or would).

@@ -10,7 +10,7 @@ from PIL import Image
 
 from ..dataset import importers
 from ..dataset.export import FORMATS, export_dataset
-from ..dataset.instructions import Rewrite, rewrite_instructions
+from ..dataset.instructions import Rewrite, rewrite_instructions, set_instruction
 from ..dataset.samples import add_sample_pairs
 from ..dataset.split import hold_out, parse_count
 from ..dataset.validate import validate_project
@@ -214,7 +214,7 @@ def build(store: Store, project: gr.Dropdown) -> None:
 
     def on_save(name, pair_id, text, text_search, number):
         name = selected_or_fail(name, pair_id)
-        pair = pairs.update_instruction(name, pair_id, text or "")
+        pair = set_instruction(store, name, pair_id, text or "")
         return f"Saved. Status: {pair['status']}.", *show_page(name, text_search, number)
 
     def on_split(split):
