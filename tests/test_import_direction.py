@@ -11,7 +11,7 @@ PACKAGE = ROOT / "studio"
 PROGRAM = "studio.trainer.__main__"
 JOBS = ("studio.trainer.jobs", "studio.trainer.launch", "studio.trainer.multinode",
         "studio.trainer.supervise", "studio.trainer.seed_export", "studio.trainer.external_log")
-STORE = ("studio.store", "studio.pairs_store", "studio.runs_store")
+STORE = ("studio.store",)
 
 
 def module_name(path: Path) -> str:

@@ -2,7 +2,7 @@ import sqlite3
 
 import pytest
 
-from studio import store as store_module
+from studio.store import migrations as store_module
 from studio.store import SCHEMA_VERSION, Store
 from tests.conftest import make_image
 

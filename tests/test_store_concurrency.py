@@ -18,7 +18,7 @@ from studio.dataset.ingest import mark_duplicates
 from studio.dataset.instructions import Rewrite, rewrite_instructions, set_instruction
 from studio.dataset.split import hold_out
 from studio.dataset.validate import validate_project
-from studio.pairs_store import Pairs, status_of
+from studio.store.pairs import Pairs, status_of
 from studio.store import SCHEMA_VERSION, Store
 from tests.dataset_helpers import encoded, store  # noqa: F401 (fixture)
 

@@ -17,7 +17,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator
 
-from ..pairs_store import status_of
+from ..store.pairs import status_of
 from ..paths import safe_stem
 from ..store import Store
 from .checks import DEFAULT_MAX_PIXELS, issue, pair_issues

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..engine.adapters import resolve_adapter
-from ..runs_store import ACTIVE
+from ..store.runs import ACTIVE
 from ..store import Store, now
 from . import launch, multinode, process_group, run_files, steplog, validation
 from .accelerate_config import write_config

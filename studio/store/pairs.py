@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .store import Store, now
+from .core import StoreCore, now
 
 SPLITS = ("train", "validation")
 _JSON_COLUMNS = {"extra_sources": [], "issues": [], "meta": {}}
@@ -40,7 +40,7 @@ def _like(text: str) -> str:
 
 
 class Pairs:
-    def __init__(self, store: Store):
+    def __init__(self, store: StoreCore):
         self.store = store
         self.db = store.db
         self._lock = store._lock

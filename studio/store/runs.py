@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .store import Store, now
+from .core import StoreCore, now
 
 STATUSES = ("queued", "running", "stopping", "stopped", "finished", "failed")
 ACTIVE = ("running", "stopping")
@@ -18,7 +18,7 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class Runs:
-    def __init__(self, store: Store):
+    def __init__(self, store: StoreCore):
         self.store = store
         self.db = store.db
         self._lock = store._lock

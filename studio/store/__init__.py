@@ -1,0 +1,20 @@
+"""The SQLite project store: core (connection, write transactions, migrations, projects,
+edits, adapters), pairs and runs. pairs and runs import core only; this module joins them."""
+from __future__ import annotations
+
+from .core import BUSY_TIMEOUT_S, StoreCore, now
+from .migrations import SCHEMA_VERSION
+from .pairs import Pairs
+from .runs import Runs
+
+__all__ = ["BUSY_TIMEOUT_S", "SCHEMA_VERSION", "Store", "now"]
+
+
+class Store(StoreCore):
+    @property
+    def pairs(self) -> Pairs:
+        return Pairs(self)
+
+    @property
+    def runs(self) -> Runs:
+        return Runs(self)
