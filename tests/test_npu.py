@@ -1,4 +1,4 @@
-"""Ascend NPU support without an NPU: fused-operator patches, environment, presets.
+"""Ascend NPU support without an NPU: fused-operator patches, environment, the seed's accelerate config.
 
 No machine here has an NPU, so `fake_torch_npu` puts a TEST-ONLY stand-in for torch_npu
 (tests/fake_torch_npu) on the path: torch_npu's operator signatures and conventions with
@@ -21,9 +21,8 @@ from diffusers.models import attention_dispatch
 from diffusers.models.normalization import RMSNorm
 from diffusers.models.transformers import transformer_qwenimage
 
-from studio.engine.npu import (SEED_ACCELERATE_CONFIG, SEED_ENV, apply_patches, dist_backend,
-                               find_set_env, multinode_fields, npu_env, remove_patches,
-                               seed_accelerate_config, training_env)
+from studio.engine.npu import (SEED_ENV, apply_patches, find_set_env, npu_env, remove_patches,
+                               training_env)
 from studio.engine.npu.patches import FusedRMSNorm
 
 FAKE_ROOT = Path(__file__).parent / "fake_torch_npu"
@@ -329,33 +328,32 @@ def test_a_failing_set_env_is_reported(tmp_path):
         training_env(base={"PATH": "/usr/bin:/bin"}, set_env_path=script)
 
 
-# -- device and distributed presets ------------------------------------------------------
-def test_dist_backend_is_hccl_on_npu():
-    assert dist_backend("npu") == dist_backend("npu:3") == "hccl"
-    assert dist_backend("cuda:0") == "nccl" and dist_backend("cpu") == "gloo"
-    with pytest.raises(ValueError, match="mps"):
-        dist_backend("mps")
+# -- the seed's accelerate config ---------------------------------------------------------
+def ascend_config(**overrides) -> dict:
+    from studio.trainer.accelerate_config import PRESETS, make_config
+
+    return make_config(**{**PRESETS["ascend-8-zero2"], **overrides})
 
 
 def test_seed_preset_is_eight_cards_zero2_bf16(tmp_path):
     """The values of the seed recipe's file (Ascend/MindSpeed-MM 37ccda3,
-    examples/diffsynth/qwen_image_edit/accelerate_config.yaml) written out literally, and the
-    file as written read back by accelerate's own loader (what `accelerate launch` does)."""
+    examples/diffsynth/qwen_image_edit/accelerate_config.yaml) written out literally, held
+    against what the studio writes, and the file read back by accelerate's own loader (what
+    `accelerate launch` does)."""
     from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
     from accelerate.utils import DistributedType
 
     from studio.trainer.accelerate_config import write_config
 
-    config = seed_accelerate_config()
+    config = ascend_config()
     assert config["deepspeed_config"] == {
         "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
         "offload_optimizer_device": "none", "offload_param_device": "none",
         "zero3_init_flag": False, "zero_stage": 2}
     assert (config["distributed_type"], config["mixed_precision"]) == ("DEEPSPEED", "bf16")
     assert (config["num_processes"], config["num_machines"], config["machine_rank"]) == (8, 1, 0)
-    assert config["main_process_port"] == 6789 and "main_process_ip" not in config
+    assert "main_process_ip" not in config
     assert (config["rdzv_backend"], config["same_network"], config["use_cpu"]) == ("static", True, False)
-    assert (config["downcast_bf16"], config["dynamo_backend"]) == ("no", "no")
     assert config["main_training_function"] == "main"
     assert not any(key.startswith("tpu_") for key in config)  # the recipe's leftovers dropped
 
@@ -363,13 +361,13 @@ def test_seed_preset_is_eight_cards_zero2_bf16(tmp_path):
     assert isinstance(loaded, ClusterConfig)  # LOCAL_MACHINE, no unknown keys
     assert loaded.distributed_type == DistributedType.DEEPSPEED
     assert (loaded.num_processes, loaded.num_machines, loaded.machine_rank) == (8, 1, 0)
-    assert loaded.mixed_precision == "bf16" and loaded.main_process_port == 6789
+    assert loaded.mixed_precision == "bf16"
     assert loaded.deepspeed_config["zero_stage"] == 2
     assert loaded.deepspeed_config["gradient_clipping"] == 1.0
     assert loaded.deepspeed_config["offload_optimizer_device"] == "none"
     assert loaded.deepspeed_config["gradient_accumulation_steps"] == 1
     assert loaded.use_cpu is False and loaded.same_network is True
-    assert loaded.rdzv_backend == "static" and loaded.downcast_bf16 == "no"
+    assert loaded.rdzv_backend == "static"
 
 
 def test_seed_preset_over_two_nodes(tmp_path):
@@ -377,30 +375,16 @@ def test_seed_preset_over_two_nodes(tmp_path):
 
     from studio.trainer.accelerate_config import write_config
 
-    config = seed_accelerate_config(num_machines=2, machine_rank=1, main_process_ip="10.0.0.1")
-    assert config["num_processes"] == 16 and config["machine_rank"] == 1
+    config = ascend_config(num_processes=16, num_machines=2, machine_rank=1,
+                           main_process_ip="10.0.0.1", main_process_port=6789)
     loaded = load_config_from_file(str(write_config(tmp_path / "node1.yaml", config)))
     assert (loaded.num_processes, loaded.num_machines, loaded.machine_rank) == (16, 2, 1)
     assert (loaded.main_process_ip, loaded.main_process_port) == ("10.0.0.1", 6789)
-    assert loaded.deepspeed_config["deepspeed_multinode_launcher"] == "standard"
-    assert config["main_process_ip"] == "10.0.0.1" and config["main_process_port"] == 6789
     # one `accelerate launch` per node, not DeepSpeed's pdsh over ssh
-    assert config["deepspeed_config"]["deepspeed_multinode_launcher"] == "standard"
-    assert config["deepspeed_config"]["zero_stage"] == 2
-    assert "deepspeed_multinode_launcher" not in SEED_ACCELERATE_CONFIG["deepspeed_config"]
+    assert loaded.deepspeed_config["deepspeed_multinode_launcher"] == "standard"
+    assert loaded.deepspeed_config["zero_stage"] == 2
+    assert "deepspeed_multinode_launcher" not in ascend_config()["deepspeed_config"]
     with pytest.raises(ValueError, match="main_process_ip"):
-        multinode_fields(2, 0, "")
+        ascend_config(num_machines=2, machine_rank=0, main_process_ip="")
     with pytest.raises(ValueError, match="machine_rank 2"):
-        multinode_fields(2, 2, "10.0.0.1")
-
-
-def test_trainers_ascend_preset_agrees_with_the_seed():
-    from studio.trainer.accelerate_config import PRESETS, make_config
-
-    config = make_config(**PRESETS["ascend-8-zero2"])
-    for key in ("distributed_type", "mixed_precision", "num_processes", "num_machines"):
-        assert config[key] == SEED_ACCELERATE_CONFIG[key], key
-    seed_ds = SEED_ACCELERATE_CONFIG["deepspeed_config"]
-    for key in ("zero_stage", "gradient_clipping", "offload_optimizer_device",
-                "offload_param_device", "zero3_init_flag", "gradient_accumulation_steps"):
-        assert config["deepspeed_config"][key] == seed_ds[key], key
+        ascend_config(num_machines=2, machine_rank=2, main_process_ip="10.0.0.1")

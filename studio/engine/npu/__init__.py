@@ -3,7 +3,6 @@
 - patches: `apply_patches(transformer)` routes attention / RMSNorm / RoPE through torch_npu's
   fused operators (and `remove_patches`).
 - env: `npu_env()` (the seed's Ascend variables), `training_env()` (plus CANN's set_env.sh).
-- presets: `dist_backend()` ("hccl" on npu), the seed's 8-card ZeRO-2 accelerate config.
 The submodules load lazily so that `pick_device` does not import diffusers.
 """
 from __future__ import annotations
@@ -15,8 +14,6 @@ _LAZY = {
     "apply_patches": "patches", "remove_patches": "patches", "import_torch_npu": "patches",
     "npu_env": "env", "training_env": "env", "find_set_env": "env", "sourced_env": "env",
     "SEED_ENV": "env", "OPTIONAL_ENV": "env",
-    "dist_backend": "presets", "seed_accelerate_config": "presets",
-    "multinode_fields": "presets", "SEED_ACCELERATE_CONFIG": "presets",
 }
 
 
