@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..paths import projects_dir
-from ..store import Store
 from ..trainer.jobs import JobManager
+from .project import open_store
 
 
 def register(sub) -> None:
@@ -22,10 +21,6 @@ def register(sub) -> None:
         add.add_argument("--project", required=True)
         add.add_argument("--name", default=None)
         add.set_defaults(handler=add_adapter)
-
-
-def open_store(args) -> Store:
-    return Store(projects_dir(args.projects_dir))
 
 
 def list_adapters(args) -> int:

@@ -11,7 +11,6 @@ from ..engine.batch import BatchItem, edit_batch, folder_items
 from ..engine.editor import Editor
 from ..engine.models import resolve_model
 from ..paths import projects_dir
-from ..store import Store
 from .project import open_store
 
 
@@ -34,7 +33,7 @@ def load_images(names: list[str]) -> list[Image.Image]:
 
 def resolve_adapters(args, texts: list[str]):
     """Adapter ids need the store; plain files do not."""
-    store = Store(projects_dir(args.projects_dir)) if any(
+    store = open_store(args) if any(
         t.split(":")[0].isdigit() for t in texts) else None
     return [resolve_adapter(text, store.get_adapter if store else None) for text in texts]
 

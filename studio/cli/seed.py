@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 from ..engine.models import resolve_model
-from ..paths import projects_dir
-from ..store import Store
 from ..trainer.external_log import follow_log
 from ..trainer.launch import TrainOptions
 from ..trainer.seed_export import export_seed_recipe
+from .project import open_store
 from .train import OPTION_FLAGS
 
 SEED_PRESET = "Seed: 8 Ascend NPUs, ZeRO-2"
@@ -38,7 +37,7 @@ def register(sub) -> None:
 def seed_export(args) -> int:
     from ..trainer.launch import PRESETS
 
-    store = Store(projects_dir(args.projects_dir))
+    store = open_store(args)
     # Start from the seed recipe (8 Ascend NPUs, ZeRO-2); flags change single fields.
     values = {**TrainOptions().as_dict(), **PRESETS[SEED_PRESET], "model": args.model}
     for field in [f for f, _ in OPTION_FLAGS.values()] + ["use_gradient_checkpointing"]:
