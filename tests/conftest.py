@@ -44,11 +44,11 @@ def make_image(width=96, height=64, seed=0) -> Image.Image:
 @pytest.fixture
 def jobs(tmp_path):
     """A job manager over a fresh store whose project 'p' holds four sample pairs."""
-    from studio.dataset.samples import add_sample_pairs
+    from studio.dataset.synthetic_pairs import add_synthetic_pairs
     from studio.store import Store
     from studio.trainer.jobs import JobManager
 
     store = Store(tmp_path / "projects")
     store.create_project("p")
-    add_sample_pairs(store, "p", 4)
+    add_synthetic_pairs(store, "p", 4)
     return JobManager(store)

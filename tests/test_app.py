@@ -80,13 +80,13 @@ def test_edit_with_an_adapter_and_compare_base_with_it(app_url, demo_model, tmp_
 
 
 def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model):
-    from studio.dataset.samples import add_sample_pairs
+    from studio.dataset.synthetic_pairs import add_synthetic_pairs
     from studio.ui.train_form import FIELDS, preset_values
 
     url, projects = app_url
     store = Store(projects)
     store.create_project("trainee")
-    add_sample_pairs(store, "trainee", 4)
+    add_synthetic_pairs(store, "trainee", 4)
     values = dict(zip([name for name, _ in FIELDS], preset_values("Demo on CPU")))
     assert values["sample_steps"] is None  # empty field: sample at each checkpoint
     values.update(max_steps=4, save_steps=2, sample_inference_steps=3)

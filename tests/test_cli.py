@@ -93,12 +93,12 @@ def test_edit_batch_over_a_folder_reports_bad_inputs_and_resumes(demo_model, tmp
 
 
 def test_edit_batch_over_a_project_s_validation_pairs(demo_model, projects, tmp_path, capsys):
-    from studio.dataset.samples import add_sample_pairs
+    from studio.dataset.synthetic_pairs import add_synthetic_pairs
     from studio.store import Store
 
     store = Store(projects)
     store.create_project("p")
-    add_sample_pairs(store, "p", 3)
+    add_synthetic_pairs(store, "p", 3)
     held_out = store.pairs.page("p", split="train")[0]
     store.pairs.set_split("p", [held_out["id"]], "validation")
     validation = store.pairs.page("p", split="validation")

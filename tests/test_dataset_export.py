@@ -7,7 +7,7 @@ from studio.cli import main
 from studio.dataset import importers
 from studio.dataset.export import SEED_COLUMNS, export_dataset
 from studio.dataset.instructions import set_instruction
-from studio.dataset.samples import add_sample_pairs
+from studio.dataset.synthetic_pairs import add_synthetic_pairs
 from studio.dataset.validate import validate_project
 from tests.dataset_helpers import store, write_pair  # noqa: F401 (fixture)
 
@@ -61,7 +61,7 @@ def test_export_then_reimport_gives_the_same_pairs(store, tmp_path):
 
 
 def test_validation_pairs_and_error_pairs_are_kept_apart(store, tmp_path):
-    add_sample_pairs(store, "p", count=4)  # the last one is a validation pair
+    add_synthetic_pairs(store, "p", count=4)  # the last one is a validation pair
     first = store.pairs.page("p")[0]
     set_instruction(store, "p", first["id"], "   ")
     result = export_dataset(store, "p", tmp_path / "out")
@@ -115,7 +115,7 @@ def test_aitoolkit_and_musubi_layouts(store, tmp_path):
 
 
 def test_validate_finds_missing_files_and_cli_exit_codes(store, tmp_path, capsys):
-    add_sample_pairs(store, "p", count=3)
+    add_synthetic_pairs(store, "p", count=3)
     assert validate_project(store, "p").errors == 0
     args = ["--projects-dir", str(store.root), "dataset", "validate", "--project", "p", "--json"]
     assert main(args) == 0

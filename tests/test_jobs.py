@@ -138,11 +138,11 @@ def test_a_run_starts_from_a_project_adapter_and_a_misfit_one_is_refused(jobs, d
 
 def test_cli_trains_follows_lists_shows_and_deletes_a_run(projects, demo_model, capsys):
     from studio.cli import main
-    from studio.dataset.samples import add_sample_pairs
+    from studio.dataset.synthetic_pairs import add_synthetic_pairs
 
     store = Store(projects)
     store.create_project("p")
-    add_sample_pairs(store, "p", 4)
+    add_synthetic_pairs(store, "p", 4)
     assert main(["train", "--project", "p", "--model", str(demo_model), "--max-steps", "2",
                  "--save-steps", "2", "--sample-steps", "0"]) == 0  # follows until it ends
     assert capsys.readouterr().out.strip().splitlines()[-1].endswith("finished")

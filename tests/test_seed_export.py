@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from studio.dataset.samples import add_sample_pairs
+from studio.dataset.synthetic_pairs import add_synthetic_pairs
 from studio.engine.model_folder import ModelFolderError
 from studio.engine.npu.env import SEED_ENV
 from studio.store import Store
@@ -25,7 +25,7 @@ from studio.trainer.seed_export import export_seed_recipe
 def store(projects):
     store = Store(projects)
     store.create_project("cats")
-    add_sample_pairs(store, "cats", 4)
+    add_synthetic_pairs(store, "cats", 4)
     return store
 
 

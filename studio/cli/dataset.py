@@ -9,7 +9,7 @@ from ..dataset import importers
 from ..dataset.checks import DEFAULT_MAX_PIXELS
 from ..dataset.export import FORMATS, export_dataset
 from ..dataset.instructions import Rewrite, rewrite_instructions
-from ..dataset.samples import add_sample_pairs
+from ..dataset.synthetic_pairs import add_synthetic_pairs
 from ..dataset.split import hold_out, parse_count
 from ..dataset.validate import validate_project
 from .project import open_store
@@ -189,7 +189,7 @@ def run_list(args) -> int:
 def run_samples(args) -> int:
     store = open_store(args)
     store.require_project(args.project)
-    report = add_sample_pairs(store, args.project, args.count)
+    report = add_synthetic_pairs(store, args.project, args.count)
     for line in report.lines():
         print(line)
     return 0

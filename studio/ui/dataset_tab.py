@@ -11,7 +11,7 @@ from PIL import Image
 from ..dataset import importers
 from ..dataset.export import FORMATS, export_dataset
 from ..dataset.instructions import Rewrite, rewrite_instructions, set_instruction
-from ..dataset.samples import add_sample_pairs
+from ..dataset.synthetic_pairs import add_synthetic_pairs
 from ..dataset.split import hold_out, parse_count
 from ..dataset.validate import validate_project
 from ..store import Store
@@ -181,7 +181,7 @@ def build(store: Store, project: gr.Dropdown) -> None:
 
     def on_samples(name, text_search, number):
         name = need(name)
-        return (_report_text(add_sample_pairs(store, name)), *show_page(name, text_search, number))
+        return (_report_text(add_synthetic_pairs(store, name)), *show_page(name, text_search, number))
 
     def on_validate(name, progress=gr.Progress()):
         name = need(name)

@@ -50,7 +50,7 @@ def sample_candidates(count: int = 8) -> list[Candidate]:
     return out
 
 
-def add_sample_pairs(store: Store, project: str, count: int = 8,
+def add_synthetic_pairs(store: Store, project: str, count: int = 8,
                      max_pixels: int = DEFAULT_MAX_PIXELS) -> ImportReport:
     """Import `count` sample pairs; the last is marked as a validation pair (for sample edits)."""
     report = ingest(store, project, sample_candidates(count), ImportReport(), total=count,
