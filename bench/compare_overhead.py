@@ -35,11 +35,11 @@ def main() -> None:
 
         started = time.perf_counter()
         for ref in refs:
-            editor.encode_cache.clear()
+            editor.encoding_memo.clear()
             editor.edit(image, "make the sky blue", adapters=[ref], **KW)
         singles = time.perf_counter() - started
 
-        editor.encode_cache.clear()
+        editor.encoding_memo.clear()
         started = time.perf_counter()
         compare(editor, [image], "make the sky blue", plan_columns(refs), seeds=[0], **KW)
         grid = time.perf_counter() - started

@@ -42,7 +42,7 @@ def main() -> None:
         kwargs = dict(steps=4, size=(256, 256), true_cfg_scale=1.0, seed=0)
 
         def fresh_edit():
-            editor.encode_cache.clear()  # a new input each time, as a user's next edit would be
+            editor.encoding_memo.clear()  # a new input each time, as a user's next edit would be
             editor.edit(image, "make the sky blue", **kwargs)
 
         studio_s = timed(fresh_edit)

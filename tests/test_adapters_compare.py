@@ -103,12 +103,12 @@ def test_loaded_adapters_are_limited(demo_model, loras):
 
 def test_the_cached_encoding_gives_identical_output(demo_editor):
     image = make_image(seed=3)
-    demo_editor.encode_cache.clear()
-    hits = demo_editor.encode_cache.hits
+    demo_editor.encoding_memo.clear()
+    hits = demo_editor.encoding_memo.hits
     first = pixels(demo_editor.edit(image, PROMPT, seed=9, **KW).image)
     second = pixels(demo_editor.edit(image, PROMPT, seed=9, **KW).image)
-    assert demo_editor.encode_cache.hits >= hits + 2  # prompt embedding and VAE latents reused
-    demo_editor.encode_cache.clear()
+    assert demo_editor.encoding_memo.hits >= hits + 2  # prompt embedding and VAE latents reused
+    demo_editor.encoding_memo.clear()
     fresh = pixels(demo_editor.edit(image, PROMPT, seed=9, **KW).image)
     assert np.array_equal(first, second) and np.array_equal(first, fresh)
 

@@ -25,7 +25,7 @@ def test_no_text_mask_reaches_the_transformer_with_cfg(demo_editor):
         lambda module, args, kwargs: seen.append(kwargs.get("encoder_hidden_states_mask")),
         with_kwargs=True)
     try:
-        demo_editor.encode_cache.clear()
+        demo_editor.encoding_memo.clear()
         demo_editor.edit(IMAGE, "turn the grass red", **EDIT)
     finally:
         hook.remove()

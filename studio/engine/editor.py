@@ -18,7 +18,7 @@ from PIL import Image
 
 from .adapters import AdapterRef, AdapterSlots
 from .devices import pick_device, pick_dtype
-from .encode_cache import EncodeCache
+from .encoding_memo import EncodingMemo
 from .model_folder import ModelInfo, inspect_model_folder
 from .speed import compile_backend, compile_transformer
 
@@ -58,7 +58,7 @@ class Editor:
         self.compile = compile_backend(compile)  # checked now: a typo fails at start, not at load
         self._pipe = None
         self.adapters: AdapterSlots | None = None
-        self.encode_cache = EncodeCache()
+        self.encoding_memo = EncodingMemo()
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
         self._cancel: dict[str, threading.Event] = {}
@@ -90,7 +90,7 @@ class Editor:
             compile_transformer(pipe.transformer, self.compile)
         pipe.set_progress_bar_config(disable=True)
         self.adapters = AdapterSlots(pipe, limit=self.max_adapters)
-        self.encode_cache.install(pipe)
+        self.encoding_memo.install(pipe)
         return pipe
 
     def release(self) -> bool:
@@ -100,8 +100,8 @@ class Editor:
             if self._pipe is None:
                 return False
             self._pipe, self.adapters = None, None
-            self.encode_cache.clear()
-            self.encode_cache = EncodeCache()
+            self.encoding_memo.clear()
+            self.encoding_memo = EncodingMemo()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
         return True

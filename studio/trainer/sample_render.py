@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..engine.encode_cache import EncodeCache
+from ..engine.encoding_memo import EncodingMemo
 from . import faults, samples
 from .data import Pair, crop_and_resize, load_rgb, load_validation_pairs, target_size
 
@@ -67,7 +67,7 @@ class SampleRenderer:
         self.parts["vae"] = pipe.vae.to("cpu")
         # The inputs' VAE latents (the distribution's mode) never change: encode them at the
         # first checkpoint only; ~1 MP through the VAE is most of a small sample's time.
-        self.latents = EncodeCache(size=sum(len(p.inputs) for p in pairs))
+        self.latents = EncodingMemo(size=sum(len(p.inputs) for p in pairs))
         del pipe  # the text encoder goes here
         _free(device)
 

@@ -30,8 +30,9 @@ def _fingerprint(value) -> object:
     return repr(value)
 
 
-class EncodeCache:
-    """A small LRU per wrapped method. Calls must be serialised by the caller (the Editor's lock)."""
+class EncodingMemo:
+    """In memory, per pipeline: a small LRU per wrapped method (the trainer's cache on disk is
+    trainer/cache.py). Calls must be serialised by the caller (the Editor's lock)."""
 
     def __init__(self, size: int = 8):
         self.size = size
@@ -63,7 +64,7 @@ class EncodeCache:
 
         setattr(pipe, method_name, cached)
 
-    def install(self, pipe) -> "EncodeCache":
+    def install(self, pipe) -> "EncodingMemo":
         self.wrap(pipe, "encode_prompt")
         if hasattr(pipe, "_encode_vae_image"):  # private in diffusers: cache it where it exists
             self.wrap(pipe, "_encode_vae_image")
