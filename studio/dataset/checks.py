@@ -17,7 +17,8 @@ MIN_SIDE = 16
 
 
 def train_size(width: int, height: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """The size DiffSynth-style loaders train at: scaled down to max_pixels, floored to 16s."""
+    """The size the trainer (and DiffSynth-Studio's UnifiedDataset, ImageCropAndResize.
+    get_height_width) trains an image at: scaled down to max_pixels, sides floored to 16s."""
     if width * height > max_pixels:
         scale = math.sqrt(width * height / max_pixels)
         width, height = int(width / scale), int(height / scale)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from studio.dataset.checks import SIZE_MULTIPLE, train_size
+
 REQUIRED_COLUMNS = ("image", "edit_image", "prompt")
 
 
@@ -89,16 +91,13 @@ def load_rgb(path: Path) -> Image.Image:
         return im.convert("RGB")
 
 
-def target_size(width: int, height: int, max_pixels: int, fixed: tuple[int, int] | None = None,
-                multiple: int = 16) -> tuple[int, int]:
-    """(width, height) of a training image: scaled down to `max_pixels` if larger, sides
-    floored to multiples of 16 (UnifiedDataset's ImageCropAndResize.get_height_width)."""
+def target_size(width: int, height: int, max_pixels: int,
+                fixed: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(width, height) of a training image: `fixed`, else the reference's rule (train_size),
+    never under one 16-pixel block (the dataset checks flag such pairs before training)."""
     if fixed:
         return fixed
-    if width * height > max_pixels:
-        scale = (width * height / max_pixels) ** 0.5
-        width, height = int(width / scale), int(height / scale)
-    return max(multiple, width // multiple * multiple), max(multiple, height // multiple * multiple)
+    return tuple(max(SIZE_MULTIPLE, side) for side in train_size(width, height, max_pixels))
 
 
 def crop_and_resize(image: Image.Image, width: int, height: int) -> Image.Image:
