@@ -43,17 +43,23 @@ class ModelInfo:
     native_area: int  # default output area in pixels (the real model works at ~1 MP)
 
 
+def shard_index(folder: Path) -> tuple[dict[Path, set[str]], list[str]]:
+    """A component folder's *.safetensors.index.json files and the shards each names, and a
+    problem for each index that cannot be read."""
+    shards, problems = {}, []
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        try:
+            shards[index] = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError) as exc:
+            problems.append(f"{index}: unreadable shard index ({exc})")
+    return shards, problems
+
+
 def _weight_problems(folder: Path) -> list[str]:
-    indexes = sorted(folder.glob("*.safetensors.index.json"))
-    if indexes:
-        problems = []
-        for index in indexes:
-            try:
-                shards = set(json.loads(index.read_text())["weight_map"].values())
-            except (ValueError, KeyError) as exc:
-                problems.append(f"{index}: unreadable shard index ({exc})")
-                continue
-            missing = sorted(s for s in shards if not (folder / s).is_file())
+    shards, problems = shard_index(folder)
+    if shards or problems:
+        for index, names in shards.items():
+            missing = sorted(s for s in names if not (folder / s).is_file())
             problems += [f"{folder / s}: missing shard (listed in {index.name})" for s in missing]
         return problems
     if any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")):

@@ -13,14 +13,13 @@ The seed lists the weight files by hand; here they come from the model folder's
 """
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import time
 from pathlib import Path
 
 from ..dataset.export import export_dataset
-from ..engine.model_folder import inspect_model_folder
+from ..engine.model_folder import inspect_model_folder, shard_index
 from ..engine.npu.env import OPTIONAL_ENV, SET_ENV_CANDIDATES
 from ..store import Store
 from .accelerate_config import write_config
@@ -37,9 +36,11 @@ def weight_files(model_dir: Path, part: str) -> list[str]:
     """The safetensors files of one component, relative to the model folder: the shards
     named by its index files, else its single *.safetensors file(s)."""
     folder = model_dir / part
-    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    indexes, problems = shard_index(folder)
+    if problems:
+        raise ValueError("; ".join(problems))
     if indexes:
-        names = sorted({s for i in indexes for s in json.loads(i.read_text())["weight_map"].values()})
+        names = sorted(set().union(*indexes.values()))
     else:
         names = sorted(p.name for p in folder.glob("*.safetensors"))
     if not names:
