@@ -1,16 +1,15 @@
 """A run survives kills and broken disks around its saves (issue 19, defects 3, 7, 9, 10).
 
-Real trainer runs of the demo model; the fault points of studio/trainer/faults.py land a kill,
-or a pause in which the test breaks the output folder, inside an exact window."""
+Real trainer runs of the demo model (forked from one server, as in test_fault_injection.py);
+the fault points of studio/trainer/faults.py land a kill, or a pause in which the test breaks
+the output folder, inside an exact window."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 
 import numpy as np
@@ -19,47 +18,35 @@ import torch
 from PIL import Image
 
 from studio.trainer import run_files, steplog
-from tests.conftest import make_image
-from tests.trainer_helpers import ROOT, env, make_dataset, run_trainer, trainer_cmd
+from tests.test_fault_injection import Forks, trainer_argv, validation_dataset
 
 ARGS = ["--max_steps", 4, "--save_steps", 2, "--sample_steps", 0]
 
 
 @pytest.fixture(scope="module")
+def forks():
+    server = Forks()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    folder = make_dataset(tmp_path_factory.mktemp("data") / "ds", n=2)
-    with open(folder / "metadata_validation.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "edit_image", "prompt", "sample_id"])
-        make_image(64, 64, seed=7).save(folder / "images/source_v.png")
-        make_image(64, 64, seed=8).save(folder / "images/edited_v.png")
-        w.writerow(["images/edited_v.png", "images/source_v.png", "Make it night", "v"])
-    return folder
+    return validation_dataset(tmp_path_factory.mktemp("data") / "ds")
 
 
-def fault(at: str, **more) -> dict:
-    return {"STUDIO_FAULT_AT": at, **more}
-
-
-def assert_killed(proc) -> None:
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+@pytest.fixture(scope="module")
+def train(forks, demo_model, dataset):
+    def train(out, *args, **extra_env) -> tuple[int, str]:
+        """The trainer's exit status (-9: killed) and its output."""
+        log = out.with_name(f"{out.name}.log")
+        code = forks.run(log, trainer_argv(demo_model, dataset, out, *args), **extra_env)
+        return code, log.read_text()
+    return train
 
 
 def steps(out, name=run_files.METRICS) -> list[int]:
     return [r["step"] for r in steplog.read(out / name)]
-
-
-def paused(demo_model, dataset, out, marker, at, *args):
-    """A trainer paused at fault point `at` (it goes on once `marker` is deleted)."""
-    proc = subprocess.Popen(
-        trainer_cmd(demo_model, dataset, out, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
-        env=env(**fault(at, STUDIO_FAULT_ACTION="pause", STUDIO_FAULT_MARKER=str(marker))))
-    deadline = time.monotonic() + 120
-    while not marker.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
-        time.sleep(0.05)
-    return proc
 
 
 def files(out) -> dict:
@@ -71,18 +58,20 @@ def files(out) -> dict:
 # -- defect 3: a kill inside the state swap ------------------------------------------------
 
 @pytest.fixture(scope="module")
-def swap_killed(demo_model, dataset, tmp_path_factory):
-    """A run killed while it swaps in step 4's resume state, then resumed."""
+def swap_killed(train, tmp_path_factory):
+    """A run killed while it swaps in step 4's resume state, then resumed: (output, log)."""
     out = tmp_path_factory.mktemp("runs") / "swap"
-    assert_killed(run_trainer(demo_model, dataset, out, *ARGS, check=False,
-                              extra_env=fault("state-written:4")))
+    code, log = train(out, *ARGS, STUDIO_FAULT_AT="state-written:4")
+    assert code == -signal.SIGKILL, log[-3000:]
     assert steps(out) == [1, 2, 3, 4]
-    return out, run_trainer(demo_model, dataset, out, *ARGS, "--resume")
+    code, log = train(out, *ARGS, "--resume")
+    assert code == 0, log[-3000:]
+    return out, log
 
 
 def test_a_kill_inside_the_state_swap_resumes_from_the_state_before_it(swap_killed):
-    out, proc = swap_killed
-    assert "resumed at step 2 of 4" in proc.stderr
+    out, log = swap_killed
+    assert "resumed at step 2 of 4" in log
     assert steps(out) == [1, 2, 3, 4]
     assert steps(out, run_files.VALIDATION) == [0, 2, 4]
     # The last two states are kept; the pointer names the newest.
@@ -90,8 +79,8 @@ def test_a_kill_inside_the_state_swap_resumes_from_the_state_before_it(swap_kill
     assert run_files.current_state(out) == run_files.state_dir(out, 4)
 
 
-def test_a_run_without_its_state_refuses_to_train_over_its_checkpoints(swap_killed, demo_model,
-                                                                        dataset, tmp_path):
+def test_a_run_without_its_state_refuses_to_train_over_its_checkpoints(swap_killed, train,
+                                                                        tmp_path):
     out = tmp_path / "lost"
     shutil.copytree(swap_killed[0], out)
     for name in ("states", "resume.json", "resume"):  # the states are gone, whatever the layout
@@ -100,9 +89,8 @@ def test_a_run_without_its_state_refuses_to_train_over_its_checkpoints(swap_kill
     before = files(out)
 
     # As the job manager launches a run it finds no state for: without --resume.
-    proc = run_trainer(demo_model, dataset, out, *ARGS, check=False)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "holds checkpoints up to step 4" in proc.stderr
+    code, log = train(out, *ARGS)
+    assert code == 2 and "holds checkpoints up to step 4" in log, log[-3000:]
     assert files(out) == before
 
 
@@ -140,11 +128,11 @@ def test_current_state_is_the_pointers_else_the_newest_complete_else_a_legacy_on
 
 # -- defect 7: validation and samples a kill left out ----------------------------------------
 
-def test_what_kills_left_unrecorded_is_filled_in_at_the_next_start(demo_model, dataset, tmp_path):
+def test_what_kills_left_unrecorded_is_filled_in_at_the_next_start(train, tmp_path):
     out = tmp_path / "run"
     args = ["--max_steps", 4, "--save_steps", 2, "--sample_inference_steps", 2]
-    assert_killed(run_trainer(demo_model, dataset, out, *args, check=False,
-                              extra_env=fault("samples:4")))
+    code, log = train(out, *args, STUDIO_FAULT_AT="samples:4")
+    assert code == -signal.SIGKILL, log[-3000:]
     assert steps(out, run_files.VALIDATION) == [0, 2, 4]
     assert not (out / "samples/step-000004").exists()
     assert list((out / "samples").glob(".*.partial"))
@@ -156,8 +144,8 @@ def test_what_kills_left_unrecorded_is_filled_in_at_the_next_start(demo_model, d
     sample_2 = np.asarray(Image.open(out / "samples/step-000002/v.png"), dtype=np.int16)
     shutil.rmtree(out / "samples/step-000002")
 
-    proc = run_trainer(demo_model, dataset, out, *args, "--resume")
-    assert "nothing to do" in proc.stderr
+    code, log = train(out, *args, "--resume")
+    assert code == 0 and "nothing to do" in log, log[-3000:]
     assert steplog.read(out / run_files.VALIDATION) == sorted(rows, key=lambda r: r["step"])
     for step in (2, 4):
         index = json.loads((out / f"samples/step-{step:06d}/samples.json").read_text())
@@ -169,29 +157,33 @@ def test_what_kills_left_unrecorded_is_filled_in_at_the_next_start(demo_model, d
 
 # -- defect 9: the trainer's own error, and a disk check before each save --------------------
 
-def test_a_disk_too_full_for_a_save_fails_before_writing_and_says_so(demo_model, dataset, tmp_path):
+def test_a_disk_too_full_for_a_save_fails_before_writing_and_says_so(train, tmp_path):
     out = tmp_path / "full"
-    proc = run_trainer(demo_model, dataset, out, *ARGS, check=False,
-                       extra_env={"STUDIO_FAULT_FREE_MB": "0.01"})
-    assert proc.returncode == 2, proc.stderr[-3000:]
+    code, log = train(out, *ARGS, STUDIO_FAULT_FREE_MB="0.01")
+    assert code == 2, log[-3000:]
     error = run_files.read_error(out)
     assert re.fullmatch(rf"disk full: need \d+\.\d MB at {re.escape(str(out))} \(0\.0 MB free\)",
                         error), error
     assert not list(out.glob("*.safetensors")) and not list(out.glob("states/*"))
 
 
-def test_an_unwritable_output_folder_is_reported_on_stderr(demo_model, dataset, tmp_path):
+def test_an_unwritable_output_folder_is_reported_on_stderr(forks, demo_model, dataset, tmp_path):
     """Even root cannot write into a folder that has become a file (chmod would not stop root);
     error.json cannot be written there either, so the error goes to stderr behind the prefix."""
-    out, marker = tmp_path / "out", tmp_path / "marker"
-    proc = paused(demo_model, dataset, out, marker, "before-save:2", *ARGS)
+    out, marker, stderr = tmp_path / "out", tmp_path / "marker", tmp_path / "stderr"
+    forks.start(stderr, trainer_argv(demo_model, dataset, out, *ARGS),
+                STUDIO_FAULT_AT="before-save:2", STUDIO_FAULT_ACTION="pause",
+                STUDIO_FAULT_MARKER=str(marker))
+    deadline = time.monotonic() + 120
+    while not marker.exists():  # the trainer waits at the fault point
+        assert time.monotonic() < deadline, stderr.read_text()[-3000:]
+        time.sleep(0.05)
     out.rename(tmp_path / "moved")
     out.write_text("not a folder")
     marker.unlink()
-    stderr = proc.communicate(timeout=120)[1]
-    assert proc.returncode == 1, stderr[-3000:]
-    line = run_files.fatal_line(stderr.splitlines())
-    assert line and line.startswith("NotADirectoryError") and str(out) in line, stderr[-3000:]
+    assert forks.wait() == 1, stderr.read_text()[-3000:]
+    line = run_files.fatal_line(stderr.read_text().splitlines())
+    assert line and line.startswith("NotADirectoryError") and str(out) in line, stderr.read_text()
     assert "Traceback" in (tmp_path / "moved" / run_files.LOG).read_text()
 
 

@@ -71,23 +71,35 @@ class Forks:
         self.server = subprocess.Popen([sys.executable, "-c", SERVER], cwd=ROOT, env=env(),
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def run(self, log: Path, argv: list, **extra_env) -> int:
-        """The trainer's exit status (-9: killed)."""
+    def start(self, log: Path, argv: list, **extra_env) -> None:
+        """One trainer at a time: `wait` for it before the next."""
+        self.log = log
         job = {"argv": [str(a) for a in argv], "env": extra_env, "log": str(log)}
         self.server.stdin.write(json.dumps(job) + "\n")
         self.server.stdin.flush()
-        ready, _, _ = select.select([self.server.stdout], [], [], 180)
-        assert ready, f"no trainer exit after 180 s; its log:\n{log.read_text()[-3000:]}"
+
+    def wait(self, timeout: float = 180) -> int:
+        """The trainer's exit status (-9: killed)."""
+        ready, _, _ = select.select([self.server.stdout], [], [], timeout)
+        assert ready, f"no trainer exit after {timeout} s; its log:\n{self.log.read_text()[-3000:]}"
         return int(self.server.stdout.readline())
 
+    def run(self, log: Path, argv: list, **extra_env) -> int:
+        self.start(log, argv, **extra_env)
+        return self.wait()
+
     def train(self, model, data, out: Path, *args, log: str = "run", **extra_env) -> int:
-        argv = ["--model_path", model, "--dataset_base_path", data, "--output_path", out,
-                *FAST, *args]
+        """The trainer with the fast flags; its output in OUT.LOG.log beside OUT."""
+        argv = trainer_argv(model, data, out, *args)
         return self.run(out.with_name(f"{out.name}.{log}.log"), argv, **extra_env)
 
     def close(self):
         self.server.kill()
         self.server.wait()
+
+
+def trainer_argv(model, data, out: Path, *args) -> list:
+    return ["--model_path", model, "--dataset_base_path", data, "--output_path", out, *FAST, *args]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +111,12 @@ def forks():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    folder = make_dataset(tmp_path_factory.mktemp("data") / "ds", n=2)
+    return validation_dataset(tmp_path_factory.mktemp("data") / "ds")
+
+
+def validation_dataset(folder: Path) -> Path:
+    """Two training pairs and one validation pair."""
+    make_dataset(folder, n=2)
     with open(folder / "metadata_validation.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["image", "edit_image", "prompt", "sample_id"])

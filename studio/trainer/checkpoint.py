@@ -12,7 +12,7 @@ A save at step N goes in this order, so that a kill at any instant leaves a usab
   3. step-N.safetensors (and final.safetensors) are written, each replaced whole;
   4. states older than the previous one are deleted.
 A LoRA file therefore never exists without a state at least as new (loop.py refuses to train
-over one that has none), and a restore writes the LoRA files a kill kept from step 3.
+over one that has none), and a resume writes the LoRA files that a kill kept from step 3.
 
 Data order, timesteps and noise are functions of the seed and step (order.py), so no sampler
 or RNG state is kept.

@@ -9,7 +9,7 @@ the job manager, the CLI and the UI read them. No torch here, so readers stay li
                                         replaced atomically, so some state is always valid
     error.json                          the trainer's own fatal error, written as it dies
 
-Every file is written beside its place and renamed into it (`replacing`), folders are built
+Files are written beside their place and renamed into it (`replacing`), folders are built
 under a dot-name (`partial`); what a kill leaves of either, `clean_leftovers` removes.
 """
 from __future__ import annotations
@@ -125,11 +125,14 @@ def clean_leftovers(output: Path) -> None:
     """What kills left half-made: temporary files and dot-named folders being built, and the
     last run's error. Only at a start, when nothing else writes here."""
     output = Path(output)
-    for tmp in output.glob(".*.tmp"):
+    for tmp in [*output.glob(".*.tmp"), *output.glob("tmp*.tmp")]:  # the latter: older trainers'
         tmp.unlink(missing_ok=True)
     for sub in (STATES, SAMPLES):
         for leftover in (output / sub).glob(".*"):
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
     (output / ERROR).unlink(missing_ok=True)
 
 

@@ -16,13 +16,12 @@ from typing import Callable
 
 import torch
 
-from . import dist, faults, steplog
+from . import dist, faults, run_files, steplog
 from .objective import loss_at
 from .schedule import TrainingSchedule
 
 QUANTILES = (0.125, 0.375, 0.625, 0.875)  # of the 1000-step schedule: noisy to nearly clean
 MAX_PAIRS = 32
-FILE = "validation.jsonl"
 
 
 class ValidationLoss:
@@ -30,7 +29,7 @@ class ValidationLoss:
                  output: Path):
         self.encoded, self.indices, self.sample_ids = encoded, indices, sample_ids
         self.schedule = TrainingSchedule()
-        self.file = output / FILE
+        self.file = output / run_files.VALIDATION
 
     @torch.no_grad()
     def score(self, transformer, device, dtype) -> float:
@@ -56,4 +55,4 @@ class ValidationLoss:
 
 
 def read(output: Path) -> list[dict]:
-    return steplog.read(Path(output) / FILE)
+    return steplog.read(Path(output) / run_files.VALIDATION)
