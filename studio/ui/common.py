@@ -11,6 +11,11 @@ from ..engine.presets import SAMPLER_PRESETS, sampler_settings
 from ..store import Store
 
 
+def user_error(exc: Exception) -> gr.Error:
+    """The exception's own message for the page (str() of a KeyError adds quotes)."""
+    return gr.Error(str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc))
+
+
 def adapter_choices(store: Store, project: str | None) -> list[tuple[str, str]]:
     if not project or not store.get_project(project):
         return []
@@ -26,7 +31,7 @@ def to_adapter(store: Store, value: str | None, strength: float | None = None) -
     try:
         ref = resolve_adapter(str(value), store.get_adapter)
     except (KeyError, FileNotFoundError, ValueError) as exc:
-        raise gr.Error(str(exc.args[0] if isinstance(exc, KeyError) else exc))
+        raise user_error(exc)
     return ref if strength is None else AdapterRef(ref.path, float(strength), ref.label)
 
 
@@ -37,7 +42,7 @@ def load_pair(store: Store, project: str, pair_id) -> tuple[Image.Image, Image.I
     try:
         pair = store.pairs.require(project, int(pair_id))
     except KeyError as exc:
-        raise gr.Error(str(exc.args[0]))
+        raise user_error(exc)
     source = Image.open(store.pairs.path(project, pair["source_path"]))
     target = Image.open(store.pairs.path(project, pair["target_path"]))
     return source, target, pair["instruction"] or ""

@@ -15,6 +15,7 @@ from ..dataset.synthetic_pairs import add_synthetic_pairs
 from ..dataset.split import hold_out, parse_count
 from ..dataset.validate import validate_project
 from ..store import Store
+from .common import user_error
 
 PAGE_SIZE = 20
 THUMBNAIL = 256
@@ -65,7 +66,7 @@ def build(store: Store, project: gr.Dropdown) -> None:
         try:
             store.require_project(name)
         except KeyError as exc:
-            raise gr.Error(str(exc.args[0]))
+            raise user_error(exc)
         return name
 
     # -- import -------------------------------------------------------------

@@ -12,6 +12,7 @@ import pandas as pd
 from ..engine.model_folder import ModelFolderError
 from ..engine.models import resolve_model
 from ..store import Store
+from .common import user_error
 from ..trainer.external_log import follow_log
 from ..trainer.launch import TrainOptions
 from ..trainer.seed_export import export_seed_recipe
@@ -61,7 +62,7 @@ def build(store: Store, project: gr.Dropdown, model: gr.Textbox, env_text: gr.Te
             out = export_folder(store, project_name, folder_text)
             script = export_seed_recipe(store, project_name, folder, out, options)
         except (ModelFolderError, ValueError, KeyError) as exc:
-            raise gr.Error(str(exc.args[0] if isinstance(exc, KeyError) else exc))
+            raise user_error(exc)
         readme = (script.parent / "README.txt").read_text()
         return f"Wrote `{script.parent}`\n\n```\n{readme}```"
 

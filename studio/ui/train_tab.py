@@ -9,7 +9,7 @@ import pandas as pd
 from ..trainer.jobs import JobManager
 from ..trainer.launch import PRESETS
 from . import seed_panel
-from .common import adapter_choices
+from .common import adapter_choices, user_error
 from .train_form import (DEVICE_FIELDS, FIELDS, SAMPLE_FIELDS, TRAINER_FIELDS, ascend_env_text,
                          form_values, options_from, preset_values)
 
@@ -101,7 +101,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
         try:
             preview = jobs.preview(options_from(model, env_text, values))
         except (ValueError, KeyError) as exc:
-            raise gr.Error(str(exc.args[0] if isinstance(exc, KeyError) else exc))
+            raise user_error(exc)
         config = json.dumps(preview["accelerate_config"], indent=2)
         text = f"```bash\n{preview['shell']}\n```\naccelerate config:\n```json\n{config}\n```"
         if project_name and store.get_project(project_name) and \
@@ -116,7 +116,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
         try:
             run = jobs.submit(project_name, options_from(model, env_text, values), name or None)
         except (ValueError, KeyError) as exc:
-            raise gr.Error(str(exc.args[0] if isinstance(exc, KeyError) else exc))
+            raise user_error(exc)
         return gr.Dropdown(choices=runs_of(project_name), value=run["id"])
 
     def on_refresh(run_id):
@@ -151,7 +151,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
             try:
                 getattr(jobs, action)(int(run_id))
             except (ValueError, KeyError) as exc:
-                raise gr.Error(str(exc.args[0] if isinstance(exc, KeyError) else exc))
+                raise user_error(exc)
             runs = runs_of(project_name)
             return gr.Dropdown(choices=runs, value=None if action == "delete" else int(run_id))
         return handler
@@ -163,7 +163,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
         try:
             config = jobs.runs.require(int(run_id))["config"]
         except KeyError as exc:
-            raise gr.Error(str(exc.args[0]))
+            raise user_error(exc)
         env = "\n".join(f"{k}={v}" for k, v in config.get("env", {}).items())
         return "Custom", config.get("model", "demo"), env, *form_values(config)
 
