@@ -6,10 +6,9 @@ import json
 
 from ..engine.models import resolve_model
 from ..trainer.external_log import follow_log
-from ..trainer.launch import TrainOptions
 from ..trainer.seed_export import export_seed_recipe
 from .project import open_store
-from .train import OPTION_FLAGS
+from .train import OPTION_FLAGS, options as train_options
 
 SEED_PRESET = "Seed: 8 Ascend NPUs, ZeRO-2"
 
@@ -35,15 +34,9 @@ def register(sub) -> None:
 
 
 def seed_export(args) -> int:
-    from ..trainer.launch import PRESETS
-
     store = open_store(args)
     # Start from the seed recipe (8 Ascend NPUs, ZeRO-2); flags change single fields.
-    values = {**TrainOptions().as_dict(), **PRESETS[SEED_PRESET], "model": args.model}
-    for field in [f for f, _ in OPTION_FLAGS.values()] + ["use_gradient_checkpointing"]:
-        if getattr(args, field) is not None:
-            values[field] = getattr(args, field)
-    options = TrainOptions.from_dict(values)
+    options = train_options(args, SEED_PRESET)
     model = resolve_model(args.model, store.root)
     script = export_seed_recipe(store, args.project, model, args.out, options, overwrite=args.force)
     print((script.parent / "README.txt").read_text(), end="")

@@ -6,10 +6,9 @@ import time
 
 from tqdm import tqdm
 
-from ..paths import projects_dir
-from ..store import Store
 from ..trainer.jobs import JobManager
 from ..trainer.launch import PRESETS, TrainOptions
+from .project import open_store
 
 # CLI flag -> TrainOptions field, for the options passed straight through.
 OPTION_FLAGS = {
@@ -73,11 +72,12 @@ def register(sub) -> None:
 
 
 def manager(args) -> JobManager:
-    return JobManager(Store(projects_dir(args.projects_dir)))
+    return JobManager(open_store(args))
 
 
-def options(args) -> TrainOptions:
-    values = {**TrainOptions().as_dict(), **PRESETS[args.preset], "model": args.model}
+def options(args, preset: str | None = None) -> TrainOptions:
+    """The preset's options (`--preset` unless named), with every flag given on top."""
+    values = {**TrainOptions().as_dict(), **PRESETS[preset or args.preset], "model": args.model}
     for field in [f for f, _ in OPTION_FLAGS.values()] + ["use_gradient_checkpointing"]:
         if getattr(args, field) is not None:
             values[field] = getattr(args, field)
