@@ -46,7 +46,7 @@ def jobs(tmp_path):
     """A job manager over a fresh store whose project 'p' holds four sample pairs."""
     from studio.dataset.synthetic_pairs import add_synthetic_pairs
     from studio.store import Store
-    from studio.trainer.jobs import JobManager
+    from studio.jobs.manager import JobManager
 
     store = Store(tmp_path / "projects")
     store.create_project("p")

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.trainer import launch, process_group, run_files, samples, steplog
+from studio.jobs import launch
+from studio.trainer import process_group, run_files, samples, steplog
 from tests.conftest import make_image
 from tests.test_jobs import options, wait_for
 from tests.trainer_helpers import FAST, ROOT, env, lora, make_dataset, max_abs, max_diff

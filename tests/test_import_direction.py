@@ -9,8 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "studio"
 # The training program: what `python -m studio.trainer` runs on a cluster node.
 PROGRAM = "studio.trainer.__main__"
-JOBS = ("studio.trainer.jobs", "studio.trainer.launch", "studio.trainer.multinode",
-        "studio.trainer.supervise", "studio.trainer.seed_export", "studio.trainer.external_log")
+JOBS = ("studio.jobs", "studio.recipe")
 STORE = ("studio.store",)
 
 
@@ -83,9 +82,19 @@ def test_the_training_program_needs_no_store_jobs_or_ui(graph):
     assert bad == [], f"the training program reaches {bad}"
 
 
+def test_the_trainer_package_is_the_training_program_only(graph):
+    trainer = [m for m in graph if m.startswith("studio.trainer")]
+    assert offenders(graph, trainer, STORE + JOBS + ("studio.ui", "studio.cli")) == []
+
+
 def test_engine_dataset_and_store_do_not_import_jobs_or_trainer(graph):
     lower = [m for m in graph if m.startswith(("studio.engine", "studio.dataset") + STORE)]
     assert offenders(graph, lower, JOBS + ("studio.trainer",)) == []
+
+
+def test_the_dataset_rules_and_the_store_do_not_import_the_engine(graph):
+    lower = [m for m in graph if m.startswith(("studio.dataset",) + STORE)]
+    assert offenders(graph, lower, ("studio.engine",)) == []
 
 
 def test_the_store_calls_no_dataset_code(graph):

@@ -13,9 +13,9 @@ import pytest
 
 from studio.store import Store, now
 from studio.trainer import run_files
-from studio.trainer.jobs import EXIT, RUN_LOG, JobManager
-from studio.trainer.launch import PRESETS, TrainOptions
-from studio.trainer.multinode import REPO
+from studio.jobs.manager import EXIT, RUN_LOG, JobManager
+from studio.jobs.launch import PRESETS, TrainOptions
+from studio.jobs.multinode import REPO
 
 
 def options(demo_model, **changes) -> TrainOptions:
@@ -107,7 +107,7 @@ def test_a_project_without_pairs_is_refused(jobs, demo_model):
 
 
 def test_smoothed_loss_is_a_debiased_moving_average():
-    from studio.trainer.jobs import smoothed
+    from studio.jobs.manager import smoothed
 
     assert smoothed([]) == []
     assert smoothed([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])  # no pull towards 0
@@ -166,7 +166,7 @@ def ended_run(jobs, code: int, stderr: str = "", final: bool = False) -> dict:
         (folder / "output" / run_files.FINAL).write_bytes(b"")
     script = f"import sys; sys.stderr.write({stderr!r}); sys.exit({code})"
     with (folder / RUN_LOG).open("ab") as log:
-        supervisor = subprocess.Popen([sys.executable, "-m", "studio.trainer.supervise",
+        supervisor = subprocess.Popen([sys.executable, "-m", "studio.jobs.supervise",
                                        str(folder / EXIT), "--", sys.executable, "-c", script],
                                       stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                       start_new_session=True)

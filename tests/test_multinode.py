@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from studio.trainer.launch import PRESETS, TrainOptions
-from studio.trainer.multinode import sbatch_script
+from studio.jobs.launch import PRESETS, TrainOptions
+from studio.jobs.multinode import sbatch_script
 
 
 def free_port() -> int:

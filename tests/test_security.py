@@ -82,7 +82,7 @@ def app_routes(demo_model, tmp_path) -> list[tuple[str, str]]:
     FastAPI app Gradio builds for it (so new Gradio routes or tabs are covered too)."""
     from gradio.routes import App
     from studio.engine.editor import Editor
-    from studio.trainer.jobs import JobManager
+    from studio.jobs.manager import JobManager
 
     store = Store(tmp_path / "routes")
     store.create_project("default")

@@ -16,9 +16,9 @@ from studio.dataset.synthetic_pairs import add_synthetic_pairs
 from studio.engine.model_folder import ModelFolderError
 from studio.engine.npu.env import SEED_ENV
 from studio.store import Store
-from studio.trainer.external_log import follow_log, parse_log
-from studio.trainer.launch import PRESETS, TrainOptions
-from studio.trainer.seed_export import export_seed_recipe
+from studio.recipe.external_log import follow_log, parse_log
+from studio.jobs.launch import PRESETS, TrainOptions
+from studio.recipe.export import export_seed_recipe
 
 
 @pytest.fixture
@@ -233,7 +233,7 @@ def test_train_tab_exports_and_follows_through_the_app(store, demo_model, tmp_pa
     import gradio as gr
     from gradio_client import Client
 
-    from studio.trainer.jobs import JobManager
+    from studio.jobs.manager import JobManager
     from studio.ui import train_form, train_tab
 
     with gr.Blocks() as app:

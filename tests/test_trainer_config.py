@@ -81,7 +81,7 @@ def test_sample_edit_options_reach_the_trainer_and_bad_ones_are_refused_before_q
         jobs, demo_model):
     from studio.cli import build_parser
     from studio.cli.train import options
-    from studio.trainer.launch import TrainOptions, trainer_args
+    from studio.jobs.launch import TrainOptions, trainer_args
 
     cli = build_parser().parse_args(["train", "--project", "p", "--sample-steps", "0",
                                      "--max-samples", "2", "--sample-cfg", "2.5"])
@@ -99,7 +99,7 @@ def test_sample_edit_options_reach_the_trainer_and_bad_ones_are_refused_before_q
 
 
 def test_gradient_clipping_reaches_the_trainer_or_deepspeed():
-    from studio.trainer.launch import TrainOptions, accelerate_config, trainer_args
+    from studio.jobs.launch import TrainOptions, accelerate_config, trainer_args
 
     plain, clipped = TrainOptions(), TrainOptions(max_grad_norm=0.5)
     assert parse_args(trainer_args(plain, "d", "o", resume=False)).max_grad_norm is None
@@ -113,7 +113,7 @@ def test_gradient_clipping_reaches_the_trainer_or_deepspeed():
 def test_lr_schedule_options_reach_the_trainer_and_a_misfit_is_refused(jobs, demo_model):
     from studio.cli import build_parser
     from studio.cli.train import options
-    from studio.trainer.launch import TrainOptions, trainer_args
+    from studio.jobs.launch import TrainOptions, trainer_args
 
     cli = build_parser().parse_args(["train", "--project", "p", "--lr-scheduler", "cosine",
                                      "--lr-warmup-steps", "50"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..trainer.jobs import JobManager
+from ..jobs.manager import JobManager
 from .project import open_store
 
 

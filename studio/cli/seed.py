@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from ..engine.models import resolve_model
-from ..trainer.external_log import follow_log
-from ..trainer.seed_export import export_seed_recipe
+from ..recipe.external_log import follow_log
+from ..recipe.export import export_seed_recipe
 from .project import open_store
 from .train import OPTION_FLAGS, options as train_options
 

@@ -6,8 +6,8 @@ import time
 
 from tqdm import tqdm
 
-from ..trainer.jobs import JobManager
-from ..trainer.launch import PRESETS, TrainOptions
+from ..jobs.manager import JobManager
+from ..jobs.launch import PRESETS, TrainOptions
 from .project import open_store
 
 # CLI flag -> TrainOptions field, for the options passed straight through.

@@ -11,7 +11,7 @@ from ..engine.editor import Editor
 from ..engine.models import resolve_model
 from ..paths import projects_dir
 from ..store import Store
-from ..trainer.jobs import JobManager
+from ..jobs.manager import JobManager
 from . import compare_tab, dataset_tab, edit_tab, project_bar, security, train_tab
 
 AUTH_ENV = "STUDIO_AUTH"

@@ -13,9 +13,9 @@ from ..engine.model_folder import ModelFolderError
 from ..engine.models import resolve_model
 from ..store import Store
 from .common import user_error
-from ..trainer.external_log import follow_log
-from ..trainer.launch import TrainOptions
-from ..trainer.seed_export import export_seed_recipe
+from ..recipe.external_log import follow_log
+from ..jobs.launch import TrainOptions
+from ..recipe.export import export_seed_recipe
 
 
 def export_folder(store: Store, project: str, text: str) -> Path:

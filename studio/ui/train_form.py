@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..trainer.args import LR_SCHEDULERS
-from ..trainer.launch import PRESETS, TrainOptions
+from ..jobs.launch import PRESETS, TrainOptions
 
 # Form fields by accordion, (TrainOptions field, factory(value)); FIELDS is the order of the
 # event inputs.

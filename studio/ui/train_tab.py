@@ -6,8 +6,8 @@ import json
 import gradio as gr
 import pandas as pd
 
-from ..trainer.jobs import JobManager
-from ..trainer.launch import PRESETS
+from ..jobs.manager import JobManager
+from ..jobs.launch import PRESETS
 from . import seed_panel
 from .common import adapter_choices, user_error
 from .train_form import (DEVICE_FIELDS, FIELDS, SAMPLE_FIELDS, TRAINER_FIELDS, ascend_env_text,

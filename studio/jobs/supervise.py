@@ -1,4 +1,4 @@
-"""`python -m studio.trainer.supervise EXIT_FILE -- COMMAND…`: runs a training command and
+"""`python -m studio.jobs.supervise EXIT_FILE -- COMMAND…`: runs a training command and
 writes how it ended to EXIT_FILE.
 
 It leads the run's process group, so the studio can stop the whole group and, after a
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from .process_group import SUPERVISOR_ENV, become_subreaper, dies_with_this_process
+from ..trainer.process_group import SUPERVISOR_ENV, become_subreaper, dies_with_this_process
 
 
 def _reap_all() -> None:
@@ -32,7 +32,7 @@ def _reap_all() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: python -m studio.trainer.supervise EXIT_FILE -- COMMAND…", file=sys.stderr)
+        print("usage: python -m studio.jobs.supervise EXIT_FILE -- COMMAND…", file=sys.stderr)
         return 2
     exit_file, command = Path(argv[0]), argv[2:]
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -10,8 +10,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .accelerate_config import make_config
-from .args import DEFAULT_TARGETS
+from ..trainer.accelerate_config import make_config
+from ..trainer.args import DEFAULT_TARGETS
 
 
 @dataclass
@@ -48,7 +48,7 @@ class TrainOptions:
     machine_rank: int = 0
     main_ip: str = ""
     main_port: int = 29500
-    launcher: str = "manual"        # several nodes: manual | slurm | ssh (studio/trainer/multinode.py)
+    launcher: str = "manual"        # several nodes: manual | slurm | ssh (studio/jobs/multinode.py)
     hosts: str = ""                 # ssh: one host per node, comma-separated, node 0 first
     join_timeout: int = 600         # seconds for every node to join before the run fails
     env: dict = field(default_factory=dict)  # extra variables (e.g. edited Ascend settings)

@@ -25,12 +25,13 @@ from typing import Callable
 from ..engine.adapters import resolve_adapter
 from ..store.runs import ACTIVE
 from ..store import Store, now
-from . import launch, multinode, process_group, run_files, steplog, validation
-from .accelerate_config import write_config
-from .args import check_args
+from ..trainer import process_group, run_files, steplog, validation
+from ..trainer.accelerate_config import write_config
+from ..trainer.args import check_args
+from ..trainer.lora_io import check_compatible
+from ..trainer.samples import list_samples
+from . import launch, multinode
 from .launch import TrainOptions
-from .lora_io import check_compatible
-from .samples import list_samples
 
 LOG_TAIL = 20
 # The trainer's fallback error line may sit above a launcher's long traceback.
@@ -195,7 +196,7 @@ class JobManager:
                                  command=shown)
                 return
             printed = (folder / RUN_LOG).open("ab")
-            supervised = [sys.executable, "-m", "studio.trainer.supervise",
+            supervised = [sys.executable, "-m", "studio.jobs.supervise",
                           str(folder / EXIT), "--", *command]
             # A new session: the supervisor leads the run's process group (pgid = its pid).
             child = subprocess.Popen(supervised, stdout=printed, stderr=subprocess.STDOUT,

@@ -22,8 +22,8 @@ from ..dataset.export import export_dataset
 from ..engine.model_folder import inspect_model_folder, shard_index
 from ..engine.npu.env import OPTIONAL_ENV, SET_ENV_CANDIDATES
 from ..store import Store
-from .accelerate_config import write_config
-from .launch import TrainOptions, accelerate_config, launch_env
+from ..jobs.launch import TrainOptions, accelerate_config, launch_env
+from ..trainer.accelerate_config import write_config
 
 SCRIPT = "train_qwen_image_edit_lora.sh"
 CONFIG = "accelerate_config.yaml"
