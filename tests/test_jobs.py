@@ -13,7 +13,9 @@ import pytest
 
 from studio.store import Store, now
 from studio.trainer import run_files
-from studio.jobs.manager import EXIT, RUN_LOG, JobManager
+from studio.jobs.manager import JobManager
+from studio.jobs.run_folder import EXIT
+from studio.jobs.run_folder import LOG as RUN_LOG
 from studio.jobs.launch import PRESETS, TrainOptions
 from studio.jobs.multinode import REPO
 
@@ -107,7 +109,7 @@ def test_a_project_without_pairs_is_refused(jobs, demo_model):
 
 
 def test_smoothed_loss_is_a_debiased_moving_average():
-    from studio.jobs.manager import smoothed
+    from studio.jobs.monitor import smoothed
 
     assert smoothed([]) == []
     assert smoothed([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])  # no pull towards 0

@@ -97,15 +97,19 @@ def accelerate_config(opts: TrainOptions) -> dict:
                        main_process_ip=main_address(opts), main_process_port=opts.main_port)
 
 
+def hosts(opts: TrainOptions) -> list[str]:
+    """The ssh launcher's hosts, node 0 first."""
+    return [h.strip() for h in opts.hosts.replace("\n", ",").split(",") if h.strip()]
+
+
 def main_address(opts: TrainOptions) -> str | None:
     """Node 0's address: given, else the first ssh host; under Slurm it is only known inside
     the allocation, so each node's command line passes it ($MAIN_IP) and the file holds a
     placeholder."""
     if opts.main_ip:
         return opts.main_ip
-    first_host = opts.hosts.replace("\n", ",").split(",")[0].strip()
-    if opts.launcher == "ssh" and first_host:
-        return first_host
+    if opts.launcher == "ssh" and hosts(opts):
+        return hosts(opts)[0]
     return "set-by-slurm" if opts.launcher == "slurm" and opts.num_machines > 1 else None
 
 

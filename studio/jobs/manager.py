@@ -1,21 +1,19 @@
 """The job manager: training runs as supervised subprocesses, tracked in the store.
 
-Each run has a folder `<project>/runs/<id>/` holding the exported dataset, the accelerate
-config, `train.log`, `exit.json` (written by the supervisor) and `output/` (the trainer's
-metrics.jsonl, checkpoints and resume state). The store row is the source of truth for the
-UI and CLI; `reconcile()` brings it in line with the processes, so a studio restart or a
-killed trainer never leaves a run "running" or "stopping" forever.
+It queues runs, starts them when their devices are free (launchers.py), settles their
+status from their processes and files (status.py), registers their checkpoints as adapters
+and reads their progress (monitor.py). The store row is what the UI and CLI show;
+`reconcile()` brings it in line with the processes, so a studio restart or a killed trainer
+never leaves a run "running" or "stopping" forever. A run's folder: run_folder.py.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -23,66 +21,23 @@ from pathlib import Path
 from typing import Callable
 
 from ..engine.adapters import resolve_adapter
-from ..store.runs import ACTIVE
 from ..store import Store, now
-from ..trainer import process_group, run_files, steplog, validation
+from ..store.runs import ACTIVE
+from ..trainer import run_files
 from ..trainer.accelerate_config import write_config
 from ..trainer.args import check_args
 from ..trainer.lora_io import check_compatible
-from ..trainer.samples import list_samples
-from . import launch, multinode
+from . import launch, launchers, monitor, multinode, run_folder, status
 from .launch import TrainOptions
 
-LOG_TAIL = 20
-# The trainer's fallback error line may sit above a launcher's long traceback.
-FATAL_SEARCH = 400
 RECONCILE_EVERY = 3.0  # seconds between the app's background reconciles
-# The run folder's own files (the output folder's are in run_files.py).
-RUN_LOG = "train.log"  # all the launch prints: the supervisor's stdout and stderr
-EXIT = "exit.json"     # written by the supervisor when the last process of the run ended
 
 log = logging.getLogger(__name__)
-
-
-def tail(path: Path, lines: int = LOG_TAIL) -> list[str]:
-    if not path.is_file():
-        return []
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 64 * 1024))
-        text = f.read().decode("utf-8", "replace")
-    # tqdm redraws with \r: keep the last state of each line.
-    return [line.rsplit("\r", 1)[-1] for line in text.splitlines()][-lines:]
-
-
-def read_metrics(output: Path) -> list[dict]:
-    return steplog.read(output / run_files.METRICS)
 
 
 def _iso(epoch: float) -> str:
     """A time.time() in the store's format (store.now())."""
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
-
-
-def failure(folder: Path, code: int | None) -> str:
-    """Why a run failed: the trainer's own error first, then the exit status, each node's
-    report and the log tail."""
-    lines = tail(folder / RUN_LOG, FATAL_SEARCH)
-    cause = run_files.read_error(folder / "output") or run_files.fatal_line(lines)
-    why = (f"exit status {code}" if code is not None
-           else "the process disappeared without an exit status (killed?)")
-    return "\n".join([*([cause] if cause else []), why, *multinode.node_report(folder),
-                      *lines[-LOG_TAIL:]])
-
-
-def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
-    """Exponential moving average, debiased at the start as TensorBoard smooths: the loss of
-    one step depends mostly on its random timestep, the trend shows only on average."""
-    out, average = [], 0.0
-    for n, value in enumerate(values, 1):
-        average = weight * average + (1 - weight) * value
-        out.append(average / (1 - weight ** n))
-    return out
 
 
 class JobManager:
@@ -105,8 +60,8 @@ class JobManager:
         run_dir = run_dir or Path("<run folder>")
         opts = self._start_lora(opts)
         config = launch.accelerate_config(opts)
-        command = launch.launch_command(opts, run_dir / "accelerate_config.yaml",
-                                        run_dir / "dataset", run_dir / "output")
+        command = launch.launch_command(opts, run_folder.config(run_dir), run_folder.dataset(run_dir),
+                                        run_folder.output(run_dir))
         env = launch.launch_env(opts)
         return {"command": command, "env": env, "accelerate_config": config,
                 "shell": launch.shell_line(command, env)}
@@ -118,7 +73,8 @@ class JobManager:
         # Refuse impossible options now, not when the run leaves the queue.
         launch.accelerate_config(opts)
         multinode.check(opts)
-        check_args(launch.trainer_args(opts, Path("dataset"), Path("output"), resume=False))
+        check_args(launch.trainer_args(opts, Path(run_folder.DATASET), Path(run_folder.OUTPUT),
+                                       resume=False))
         opts = self._start_lora(opts)
         if opts.model == "demo":  # the studio's own demo model, wherever this projects folder is
             from ..engine.models import resolve_model
@@ -167,16 +123,15 @@ class JobManager:
 
     def _start(self, run: dict) -> None:
         opts = TrainOptions.from_dict(run["config"])
-        project = self.runs.project_name(run)
         folder = Path(run["run_dir"])
-        resume = run_files.current_state(folder / "output") is not None
+        resume = run_files.current_state(run_folder.output(folder)) is not None
         try:
-            if not (folder / "dataset" / "metadata_edit.csv").is_file():
+            if not (run_folder.dataset(folder) / "metadata_edit.csv").is_file():
                 from ..dataset.export import export_dataset
 
-                export_dataset(self.store, project, folder / "dataset", overwrite=True)
-            write_config(folder / "accelerate_config.yaml", launch.accelerate_config(opts))
-            command, shown = self._command(opts, folder, run, resume)
+                export_dataset(self.store, self.runs.project_name(run), run_folder.dataset(folder),
+                               overwrite=True)
+            write_config(run_folder.config(folder), launch.accelerate_config(opts))
             env = {**os.environ, **launch.launch_env(opts)}
             if opts.device == "npu":  # CANN's set_env.sh first, the Ascend variables on top
                 from ..engine.npu.env import training_env
@@ -185,104 +140,59 @@ class JobManager:
             if self.before_start:
                 self.before_start(opts.device)
             # The last start's outcome goes: its exit status and the trainer's own error.
-            for outcome in (folder / EXIT, folder / "output" / run_files.ERROR):
+            for outcome in (folder / run_folder.EXIT, run_folder.output(folder) / run_files.ERROR):
                 outcome.unlink(missing_ok=True)
-            shutil.rmtree(folder / "nodes", ignore_errors=True)
-            if opts.num_machines > 1 and opts.launcher == "slurm":
-                job = subprocess.run(["sbatch", "--parsable", *command], capture_output=True,
-                                     text=True, check=True, env=env).stdout.strip().split(";")[0]
-                self.runs.update(run["id"], status="running", pid=None, scheduler_job=job,
-                                 started_at=now(), ended_at=None, exit_code=None, error=None,
-                                 command=shown)
-                return
-            printed = (folder / RUN_LOG).open("ab")
-            supervised = [sys.executable, "-m", "studio.jobs.supervise",
-                          str(folder / EXIT), "--", *command]
-            # A new session: the supervisor leads the run's process group (pgid = its pid).
-            child = subprocess.Popen(supervised, stdout=printed, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                     cwd=multinode.REPO)
-            printed.close()
+            shutil.rmtree(run_folder.nodes(folder), ignore_errors=True)
+            started = launchers.start(opts, folder, run["id"], resume, env)
         except Exception as exc:  # noqa: BLE001 - any failure to start is the run's failure
             detail = getattr(exc, "stderr", None) or exc
-            self.runs.update(run["id"], status="failed", error=f"could not start: {detail}",
-                             ended_at=now())
+            self._move(run, "failed", error=f"could not start: {detail}", ended_at=now())
             return
-        self._children[child.pid] = child
-        self.runs.update(run["id"], status="running", pid=child.pid, started_at=now(),
-                         ended_at=None, exit_code=None, error=None, command=shown)
+        pid = started.child.pid if started.child else None
+        if started.child:
+            self._children[pid] = started.child
+        self._move(run, "running", pid=pid, scheduler_job=started.scheduler_job, started_at=now(),
+                   ended_at=None, exit_code=None, error=None, command=started.shown)
 
-    def _command(self, opts: TrainOptions, folder: Path, run: dict, resume: bool):
-        """(what to execute, what to show) for this run's layout."""
-        if opts.num_machines == 1:
-            command = launch.launch_command(opts, folder / "accelerate_config.yaml",
-                                            folder / "dataset", folder / "output", resume=resume)
-            return command, launch.shell_line(command, launch.launch_env(opts))
-        if opts.launcher == "manual":
-            command = multinode.node_command(opts, folder, 0, opts.main_ip, resume, sys.executable)
-            others = multinode.manual_commands(opts, folder, resume, sys.executable)
-            shown = "\n".join([f"# node 0 (started by the studio): {multinode.shell(opts, command)}",
-                               *(f"# node {r}: {line}" for r, line in enumerate(others, 1))])
-            return command, shown
-        if opts.launcher == "slurm":
-            script = folder / "sbatch.sh"
-            script.write_text(multinode.sbatch_script(opts, folder, f"studio-run-{run['id']}",
-                                                      resume, sys.executable))
-            return [str(script)], f"sbatch {script}"
-        script = folder / "ssh_launch.sh"
-        script.write_text(multinode.ssh_script(opts, folder, multinode.hosts(opts), resume,
-                                               sys.executable))
-        return ["bash", str(script)], f"bash {script}"
+    def _move(self, run: dict, new: str, **fields) -> dict:
+        """A status change the state machine allows, made only if no other process has
+        changed the run since it was read (then the row as that process left it)."""
+        status.check_move(run["status"], new)
+        moved = self.runs.move(run["id"], run["status"], new, **fields)
+        return moved if moved is not None else self.runs.require(run["id"])
 
     def stop(self, run_id: int) -> dict:
         """Graceful: SIGTERM to the run's process group; the trainer saves a checkpoint."""
         run = self.reconcile_one(self.runs.require(run_id))
         if run["status"] == "queued":
-            return self.runs.update(run_id, status="stopped", ended_at=now())
+            return self._move(run, "stopped", ended_at=now())
         if run["status"] != "running":
             return run
-        self.runs.update(run_id, status="stopping")
-        self._signal(run, signal.SIGTERM)
-        return self.runs.get(run_id)
-
-    def _signal(self, run: dict, sig: int) -> None:
-        """Signal every node of a run: its process group here, Slurm's job, or ssh hosts."""
-        opts = TrainOptions.from_dict(run["config"])
-        if run.get("scheduler_job"):
-            flag = [] if sig == signal.SIGKILL else ["--signal=TERM", "--full"]
-            subprocess.run(["scancel", *flag, run["scheduler_job"]], capture_output=True)
-            return
-        if run["pid"]:
-            try:
-                os.killpg(run["pid"], sig)
-            except ProcessLookupError:
-                pass
-        if opts.num_machines > 1 and opts.launcher == "ssh":
-            for host in multinode.hosts(opts)[1:]:
-                subprocess.run(["ssh", "-o", "BatchMode=yes", host,
-                                multinode.stop_remote_command(Path(run["run_dir"]))],
-                               capture_output=True, timeout=30)
+        run = self._move(run, "stopping")
+        if run["status"] == "stopping":
+            launchers.send(run, signal.SIGTERM)
+        return run
 
     def resume(self, run_id: int) -> dict:
         run = self.reconcile_one(self.runs.require(run_id))
-        if run["status"] in ("queued", *ACTIVE):
+        if run["status"] not in status.ENDED:
             raise ValueError(f"run {run_id} is {run['status']}; stop it before resuming")
-        if self._alive_run(run):  # marked ended (say, by a studio that watched one pid only)
-            raise ValueError(f"run {run_id} is still running ({self._processes(run)}), although "
-                             f"marked {run['status']}; stop it before resuming")
-        self.runs.update(run_id, status="queued", error=None)
+        if launchers.alive(run):  # marked ended (say, by a studio that watched one pid only)
+            raise ValueError(f"run {run_id} is still running ({launchers.processes(run)}), "
+                             f"although marked {run['status']}; stop it before resuming")
+        self._move(run, "queued", error=None)
         self.dispatch()
         return self.runs.get(run_id)
 
     def delete(self, run_id: int, timeout: float = 30) -> None:
         run = self.runs.require(run_id)
-        if run["status"] in ACTIVE and self._alive_run(run):
-            self._signal(run, signal.SIGTERM)
+        if run["status"] in ACTIVE and launchers.alive(run):
+            launchers.send(run, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while self._alive_run(run) and time.monotonic() < deadline:
+            while launchers.alive(run) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            if self._alive_run(run):
-                self._signal(run, signal.SIGKILL)
+            if launchers.alive(run):
+                launchers.send(run, signal.SIGKILL)
         self.runs.delete(run_id)
         if run["run_dir"]:
             shutil.rmtree(run["run_dir"], ignore_errors=True)
@@ -292,43 +202,17 @@ class JobManager:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             run = self.reconcile_one(self.runs.require(run_id))
-            if run["status"] not in ("queued", *ACTIVE):
+            if run["status"] in status.ENDED:
                 return run
             time.sleep(poll)
         raise TimeoutError(f"run {run_id} still {run['status']} after {timeout}s")
 
     # -- reconciling store and processes ------------------------------------------
-    def _alive_run(self, run: dict) -> bool:
-        if run.get("scheduler_job"):  # Slurm knows; an ended job is no longer listed
-            listed = subprocess.run(["squeue", "-h", "-j", run["scheduler_job"], "-o", "%T"],
-                                    capture_output=True, text=True)
-            return bool(listed.stdout.strip())
-        return self._running(run["pid"])
-
-    @staticmethod
-    def _processes(run: dict) -> str:
-        if run.get("scheduler_job"):
-            return f"Slurm job {run['scheduler_job']}"
-        pids = ", ".join(map(str, process_group.members(run["pid"])))
-        return f"process group {run['pid']}: {pids or 'pids unknown'}"
-
-    def _never_joined(self, run: dict) -> bool:
-        """Several nodes, and rank 0 has not started after join_timeout: someone is missing.
-        (Rank 0 writes output/train.log only once every node has joined.)"""
-        opts = run["config"]
-        if opts.get("num_machines", 1) < 2 or not run["started_at"]:
-            return False
-        waited = datetime.now(timezone.utc) - datetime.fromisoformat(run["started_at"])
-        joined = (Path(run["run_dir"]) / "output" / run_files.LOG).is_file()
-        return not joined and waited.total_seconds() > opts.get("join_timeout", 600)
-
-    def _running(self, pid: int | None) -> bool:
-        """The run lives while any process of its group does; the supervisor's pid is the
-        group's id, and it may be gone (killed) while its launcher and trainer go on."""
-        child = self._children.get(pid)
+    def _alive(self, run: dict) -> bool:
+        child = self._children.get(run["pid"])
         if child is not None:  # our own child: reap it so it does not linger as a zombie
             child.poll()
-        return process_group.alive(pid)
+        return launchers.alive(run)
 
     def reconcile(self) -> list[dict]:
         """Bring every active run in line with its process, register new checkpoints as
@@ -367,50 +251,28 @@ class JobManager:
 
     def reconcile_one(self, run: dict, dispatch: bool = True) -> dict:
         with self._lock:
-            if run["status"] in ACTIVE or run["status"] in ("stopped", "finished", "failed"):
+            if run["status"] != "queued":
                 self._register_adapters(run)
-            if run["status"] == "running" and self._never_joined(run):
-                self._signal(run, signal.SIGKILL)
-                opts = run["config"]
-                error = (f"not every node joined within {opts['join_timeout']}s (rendezvous "
-                         f"timeout): node 0 waited at {opts['main_ip'] or '?'}:{opts['main_port']} "
-                         f"for {opts['num_machines']} nodes")
-                report = multinode.node_report(Path(run["run_dir"]))
-                return self.runs.update(run["id"], status="failed", ended_at=now(),
-                                        error="\n".join([error, *report]))
-            if run["status"] not in ACTIVE or self._alive_run(run):
+            if run["status"] == "running" and (missing := launchers.never_joined(run)):
+                launchers.send(run, signal.SIGKILL)
+                return self._move(run, "failed", ended_at=now(), error=missing)
+            if run["status"] not in ACTIVE or self._alive(run):
                 return run
             self._children.pop(run["pid"], None)
             folder = Path(run["run_dir"])
-            code, ended = self._exit(folder)
-            output = folder / "output"
-            if code == 0 and (output / run_files.FINAL).is_file() and run["status"] == "running":
-                status, error = "finished", None
-            elif run["status"] == "stopping" or (code == 0 and
-                                                 run_files.current_state(output) is not None):
-                status, error = "stopped", None
-            else:
-                status, error = "failed", failure(folder, code)
+            code, ended = launchers.exit_status(folder)
+            output = run_folder.output(folder)
+            new = status.settled(run["status"], code, (output / run_files.FINAL).is_file(),
+                                 run_files.current_state(output) is not None)
             self._register_adapters(run)
-            run = self.runs.update(run["id"], status=status, exit_code=code, error=error,
-                                   ended_at=_iso(ended) if ended else now())
+            run = self._move(run, new, exit_code=code, ended_at=_iso(ended) if ended else now(),
+                             error=monitor.failure(folder, code) if new == "failed" else None)
         if dispatch:
             self.dispatch()
         return run
 
-    @staticmethod
-    def _exit(folder: Path) -> tuple[int | None, float | None]:
-        """(exit status, when it ended) from the supervisor's exit file; for Slurm runs, the
-        worst of the nodes' exit files, with no time."""
-        if (folder / EXIT).is_file():
-            ended = json.loads((folder / EXIT).read_text())
-            return ended["code"], ended.get("ended_at")
-        codes = [int(f.read_text().strip() or 1) for f in (folder / "nodes").glob("*.exit")] \
-            if (folder / "nodes").is_dir() else []
-        return (max(codes, key=abs) if codes else None), None
-
     def _register_adapters(self, run: dict) -> None:
-        output = Path(run["run_dir"] or ".") / "output"
+        output = run_folder.output(run["run_dir"] or ".")
         if not output.is_dir():
             return
         known = self.runs.adapter_steps(run["id"])
@@ -422,20 +284,5 @@ class JobManager:
 
     # -- monitoring -----------------------------------------------------------------
     def snapshot(self, run_id: int) -> dict:
-        """Everything a monitor shows: status, step/total, loss curve, ETA, log tail."""
-        run = self.reconcile_one(self.runs.require(run_id))
-        folder = Path(run["run_dir"])
-        metrics = read_metrics(folder / "output")
-        last = metrics[-1] if metrics else {}
-        total = last.get("total") or run["config"].get("max_steps")
-        return {"run": run, "step": last.get("step", 0), "total": total,
-                "loss": last.get("loss"), "lr": last.get("lr"),
-                "samples_per_s": last.get("samples_per_s"), "eta_s": last.get("eta"),
-                "peak_mem_gb": last.get("peak_mem_gb"),
-                "metrics": metrics, "log": tail(folder / RUN_LOG),
-                "loss_smoothed": smoothed([float(m["loss"]) for m in metrics]),
-                "validation": validation.read(folder / "output"),
-                # Sample edits of the validation pairs, latest checkpoint first.
-                "samples": list_samples(folder / "output"),
-                "lora_files": sorted((folder / "output").glob("*.safetensors"),
-                                     key=lambda p: p.stat().st_mtime, reverse=True)}
+        """Everything a monitor shows, of the run as it is now (reconciled first)."""
+        return monitor.progress(self.reconcile_one(self.runs.require(run_id)))

@@ -19,14 +19,11 @@ import shlex
 import shutil
 from pathlib import Path
 
-from .launch import TrainOptions, launch_command, launch_env
+from . import run_folder
+from .launch import TrainOptions, hosts, launch_command, launch_env
 
 LAUNCHERS = ("manual", "slurm", "ssh")
 REPO = Path(__file__).resolve().parents[2]
-
-
-def hosts(opts: TrainOptions) -> list[str]:
-    return [h.strip() for h in opts.hosts.replace("\n", ",").split(",") if h.strip()]
 
 
 def check(opts: TrainOptions) -> None:
@@ -40,15 +37,14 @@ def check(opts: TrainOptions) -> None:
     if opts.launcher == "ssh" and len(hosts(opts)) != opts.num_machines:
         raise ValueError(f"{opts.num_machines} nodes need {opts.num_machines} ssh hosts (node 0 "
                          f"first), got {len(hosts(opts))}")
-    if opts.launcher != "slurm" and not opts.main_ip and not (opts.launcher == "ssh" and hosts(opts)):
-        raise ValueError("several nodes need the main node's IP (node 0's address)")
+    # Node 0's address is checked with the rest of the accelerate config (make_config).
 
 
 def node_command(opts: TrainOptions, run_dir: Path, rank: int | str, main_ip: str,
                  resume: bool = False, python: str = "python") -> list[str]:
     """The launch for one node; `rank`/`main_ip` may be shell expressions such as $SLURM_NODEID."""
-    command = launch_command(opts, run_dir / "accelerate_config.yaml", run_dir / "dataset",
-                             run_dir / "output", resume=resume, python=python)
+    command = launch_command(opts, run_folder.config(run_dir), run_folder.dataset(run_dir),
+                             run_folder.output(run_dir), resume=resume, python=python)
     at = command.index("--config_file") + 2
     return [*command[:at], "--machine_rank", str(rank), "--main_process_ip", main_ip,
             "--main_process_port", str(opts.main_port), *command[at:]]
@@ -74,7 +70,7 @@ def manual_commands(opts: TrainOptions, run_dir: Path, resume: bool = False,
 def _node_runner(opts: TrainOptions, run_dir: Path, rank: str, main_ip: str, resume: bool,
                  python: str) -> str:
     """One node's launch, its output to nodes/<rank>.log and exit status to nodes/<rank>.exit."""
-    nodes = shlex.quote(str(run_dir / "nodes"))
+    nodes = shlex.quote(str(run_folder.nodes(run_dir)))
     line = shell(opts, node_command(opts, run_dir, rank, main_ip, resume, python))
     return (f"mkdir -p {nodes}; ( {line} ) > {nodes}/{rank}.log 2>&1; "
             f"code=$?; echo $code > {nodes}/{rank}.exit; exit $code")
@@ -127,7 +123,7 @@ def stop_remote_command(run_dir: Path) -> str:
 
 def node_report(run_dir: Path) -> list[str]:
     """Per node: exit status (if ended) and its last log line, for a failure message."""
-    folder = run_dir / "nodes"
+    folder = run_folder.nodes(run_dir)
     report = []
     for log in sorted(folder.glob("*.log")) if folder.is_dir() else []:
         rank = log.stem

@@ -1,5 +1,5 @@
-"""Training runs in the store: one row per run, its status moving through
-queued -> running -> (stopping ->) stopped | finished | failed."""
+"""Training runs in the store: one row per run. Which status may follow which is the job
+manager's rule (studio/jobs/status.py); the store only keeps a status from being lost."""
 from __future__ import annotations
 
 import json
@@ -50,6 +50,23 @@ class Runs:
         with self.store.write():
             self.db["runs"].update(run_id, fields)
         return self.get(run_id)
+
+    def move(self, run_id: int, current: str, new: str, **fields) -> dict | None:
+        """Set the status to `new` only if it is still `current` (another process may have
+        settled the run since it was read); returns the row, or None when it was not."""
+        if new not in STATUSES:
+            raise ValueError(f"unknown run status {new!r}")
+        if "config" in fields:
+            fields["config"] = json.dumps(fields["config"])
+        columns = {"status": new, **fields}
+        unknown = set(columns) - set(self.db["runs"].columns_dict)
+        if unknown:  # column names are the one part of the UPDATE that is not a parameter
+            raise ValueError(f"not columns of runs: {', '.join(sorted(unknown))}")
+        with self.store.write():
+            moved = self.db.execute(
+                f"UPDATE runs SET {', '.join(f'{c} = ?' for c in columns)} "
+                "WHERE id = ? AND status = ?", [*columns.values(), run_id, current]).rowcount
+        return self.get(run_id) if moved else None
 
     def list(self, project: str | None = None, statuses: tuple[str, ...] | None = None) -> list[dict]:
         where, params = [], []

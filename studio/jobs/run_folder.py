@@ -1,0 +1,36 @@
+"""The names in a run's folder `<project>/runs/<id>/`, in one place (the trainer's output
+folder inside it has its own: studio/trainer/run_files.py).
+
+    dataset/                  the project's pairs, exported when the run first starts
+    accelerate_config.yaml    the launch config
+    train.log                 everything the launch prints (the supervisor's stdout, stderr)
+    exit.json                 {"code", "ended_at"}: the supervisor, when the last process ended
+    nodes/                    one log and exit file per node of a multi-node run
+    output/                   the trainer's output folder
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+DATASET = "dataset"
+CONFIG = "accelerate_config.yaml"
+LOG = "train.log"
+EXIT = "exit.json"
+NODES = "nodes"
+OUTPUT = "output"
+
+
+def dataset(folder: Path) -> Path:
+    return Path(folder) / DATASET
+
+
+def config(folder: Path) -> Path:
+    return Path(folder) / CONFIG
+
+
+def output(folder: Path) -> Path:
+    return Path(folder) / OUTPUT
+
+
+def nodes(folder: Path) -> Path:
+    return Path(folder) / NODES
