@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Dense bf16 tensor-core peaks from NVIDIA's datasheets (SXM parts; H100 PCIe is lower).
 PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12}
-SEED_SAMPLES_PER_S = {"seed_ascend_per_card": 0.32, "competitor_per_card": 0.27}  # DESIGN.md
+SEED_SAMPLES_PER_S = {"seed_ascend_per_card": 0.32, "competitor_per_card": 0.27}  # docs/design.md
 TRAIN_GOAL, INFER_GOAL = 1.0, 1.5
 LATENT_CHANNELS, VAE_FACTOR, PATCH = 16, 8, 2
 

@@ -21,7 +21,7 @@ def test_flops_of_the_real_size_model_follow_the_formula():
     with torch.device("meta"):  # real size, no memory
         model = QwenImageTransformer2DModel()
     params = sum(p.numel() for p in model.parameters())
-    assert 19.5e9 < params < 21e9  # DESIGN.md: ~20B
+    assert 19.5e9 < params < 21e9  # docs/design.md: ~20B
     # Per image token: the image stream's matrices, counted here from parameter names.
     img = sum(p.numel() for n, p in model.named_parameters()
               if n.endswith(".weight") and p.dim() == 2 and any(s in n for s in IMAGE_STREAM))

@@ -6,7 +6,7 @@
 
 Then: accelerate launch --config_file accelerate_config.yaml -m studio.trainer ...
 For several CPU processes (tests, laptops) accelerate needs ACCELERATE_USE_CPU=1 in the
-environment with a multi-process config (DESIGN.md): `--cpu` alone runs one process.
+environment with a multi-process config (docs/design.md): `--cpu` alone runs one process.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-# The seed recipe's LoRA targets (DESIGN.md; DiffSynth-Studio Qwen-Image-Edit LoRA example).
+# The seed recipe's LoRA targets (docs/design.md; DiffSynth-Studio Qwen-Image-Edit LoRA example).
 DEFAULT_TARGETS = ("to_q,to_k,to_v,add_q_proj,add_k_proj,add_v_proj,to_out.0,to_add_out,"
                    "img_mlp.net.2,img_mod.1,txt_mlp.net.2,txt_mod.1")
 

@@ -1,7 +1,7 @@
 """Reading the dataset folder and sizing its images the way the reference does.
 
 `image` is the training TARGET (the edited result) and `edit_image` the INPUT (the source),
-as DiffSynth-Studio's UnifiedDataset reads them (see DESIGN.md, "Data semantics").
+as DiffSynth-Studio's UnifiedDataset reads them (see docs/design.md, "Data semantics").
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Rank and world size, trusted from torch.distributed.
 
 Under DeepSpeed ZeRO-2 on CPU (gloo) accelerate reports process 0 of 1 on every rank while
-torch.distributed knows the real world (DESIGN.md), so nothing here asks accelerate."""
+torch.distributed knows the real world (docs/design.md), so nothing here asks accelerate."""
 from __future__ import annotations
 
 import torch

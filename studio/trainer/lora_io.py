@@ -2,7 +2,7 @@
 
 Saved keys are ComfyUI-style, `diffusion_model.transformer_blocks.N.attn.to_q.lora_A.weight`:
 diffusers' `load_lora_weights`, DiffSynth-Studio's loader (strips `diffusion_model.`, accepts
-`lora_A.weight`) and ComfyUI all read them (DESIGN.md). No `.alpha` keys are written; the
+`lora_A.weight`) and ComfyUI all read them (docs/design.md). No `.alpha` keys are written; the
 alpha/rank scale is folded into lora_B instead, so tools that assume scale 1 (DiffSynth)
 apply the same delta as tools that read alpha.
 """
