@@ -1,6 +1,8 @@
 """Which device and dtype the engine runs on: cuda, then npu, then mps, then cpu."""
 from __future__ import annotations
 
+import gc
+
 import torch
 
 from .npu import npu_available
@@ -27,6 +29,15 @@ def pick_dtype(device: str, requested: str | None = None) -> torch.dtype:
             raise ValueError(f"unknown dtype {requested!r}; choose one of {', '.join(DTYPES)}")
         return DTYPES[requested]
     return torch.float32 if device.split(":")[0] == "cpu" else torch.bfloat16
+
+
+def free_memory(device) -> None:
+    """Give what was freed back to the device (after dropping a model): collect, then empty
+    the allocator's cache on CUDA/NPU."""
+    gc.collect()
+    backend = getattr(torch, torch.device(device).type, None)  # torch.cuda / torch.npu
+    if backend is not None and hasattr(backend, "empty_cache"):
+        backend.empty_cache()
 
 
 def peak_memory_gb(device: torch.device) -> float:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .adapters import AdapterRef, AdapterSlots
-from .devices import pick_device, pick_dtype
+from .devices import free_memory, pick_device, pick_dtype
 from .encoding_memo import EncodingMemo
 from .model_folder import ModelInfo, inspect_model_folder
 from .speed import compile_backend, compile_transformer
@@ -102,8 +102,7 @@ class Editor:
             self._pipe, self.adapters = None, None
             self.encoding_memo.clear()
             self.encoding_memo = EncodingMemo()
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        free_memory(self.device)
         return True
 
     def shares_device(self, device: str) -> bool:

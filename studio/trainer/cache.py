@@ -7,7 +7,6 @@ models are then dropped so that the transformer loop has the device to itself.
 """
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 from pathlib import Path
@@ -15,7 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .data import Pair, crop_and_resize, load_rgb, reference_edit_size, target_size
+from ..engine.devices import free_memory
+from .data import Pair, reference_edit_size, sized_image
 from .run_files import replacing
 
 CACHE_VERSION = 1
@@ -52,9 +52,7 @@ class PairEncoder:
         self.max_pixels, self.fixed_size, self.edit_auto_resize = max_pixels, fixed_size, edit_auto_resize
 
     def _sized(self, path: Path, fixed=None):
-        image = load_rgb(path)
-        w, h = target_size(image.width, image.height, self.max_pixels, fixed)
-        return crop_and_resize(image, w, h)
+        return sized_image(path, self.max_pixels, fixed)
 
     def _latents(self, image) -> torch.Tensor:
         pixels = self.pipe.image_processor.preprocess(image, image.height, image.width)
@@ -91,10 +89,7 @@ class PairEncoder:
         """Free the device for the transformer loop."""
         self.pipe.to("cpu")
         del self.pipe
-        gc.collect()
-        backend = getattr(torch, torch.device(self.device).type, None)  # torch.cuda / torch.npu
-        if backend is not None and hasattr(backend, "empty_cache"):
-            backend.empty_cache()
+        free_memory(self.device)
 
 
 class EncodedCache:

@@ -100,6 +100,13 @@ def target_size(width: int, height: int, max_pixels: int,
     return tuple(max(SIZE_MULTIPLE, side) for side in train_size(width, height, max_pixels))
 
 
+def sized_image(path: Path, max_pixels: int, fixed: tuple[int, int] | None = None) -> Image.Image:
+    """A dataset image as training sees it: loaded as RGB, then cropped and resized to its
+    target_size."""
+    image = load_rgb(path)
+    return crop_and_resize(image, *target_size(image.width, image.height, max_pixels, fixed))
+
+
 def crop_and_resize(image: Image.Image, width: int, height: int) -> Image.Image:
     """Scale to cover (width, height) with bilinear filtering, then centre-crop
     (ImageCropAndResize.crop_and_resize in the reference)."""

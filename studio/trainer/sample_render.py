@@ -12,7 +12,6 @@ noise comes from a private CPU generator and the global RNG is forked around sam
 """
 from __future__ import annotations
 
-import gc
 import logging
 import zlib
 from pathlib import Path
@@ -20,9 +19,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..engine.devices import free_memory
 from ..engine.encoding_memo import EncodingMemo
 from . import faults, samples
-from .data import Pair, crop_and_resize, load_rgb, load_validation_pairs, target_size
+from .data import Pair, load_validation_pairs, sized_image, target_size
 
 log = logging.getLogger("studio.trainer")
 
@@ -32,13 +32,6 @@ def validation_pairs(args) -> list[Pair]:
     if args.max_samples < 1 or args.sample_steps == 0:
         return []
     return load_validation_pairs(args)[: args.max_samples]
-
-
-def _free(device) -> None:
-    gc.collect()
-    backend = getattr(torch, torch.device(device).type, None)  # torch.cuda / torch.npu
-    if backend is not None and hasattr(backend, "empty_cache"):
-        backend.empty_cache()
 
 
 class SampleRenderer:
@@ -54,7 +47,7 @@ class SampleRenderer:
         self.items = []
         for pair in pairs:
             # The same sizing the training pairs get (max_pixels, or the fixed size).
-            inputs = [self._sized(p, max_pixels) for p in pair.inputs]
+            inputs = [sized_image(p, max_pixels) for p in pair.inputs]
             with Image.open(pair.target) as target:  # only its size: no decoding
                 width, height = target_size(target.width, target.height, max_pixels, fixed)
             item = {"pair": pair, "inputs": inputs, "width": width, "height": height,
@@ -69,12 +62,7 @@ class SampleRenderer:
         # first checkpoint only; ~1 MP through the VAE is most of a small sample's time.
         self.latents = EncodingMemo(size=sum(len(p.inputs) for p in pairs))
         del pipe  # the text encoder goes here
-        _free(device)
-
-    @staticmethod
-    def _sized(path: Path, max_pixels: int):
-        image = load_rgb(path)
-        return crop_and_resize(image, *target_size(image.width, image.height, max_pixels))
+        free_memory(device)
 
     def _prompt_images(self, pipe, inputs):
         """What the pipeline itself would hand its text encoder for these inputs (the edit
@@ -121,7 +109,7 @@ class SampleRenderer:
             transformer.train(was_training)
             self.parts["vae"].to("cpu")
             del pipe
-            _free(self.device)
+            free_memory(self.device)
         index = {"step": step, "inference_steps": self.steps, "true_cfg_scale": self.cfg,
                  "samples": entries}
         return samples.publish(staging, output, step, index)
@@ -161,7 +149,7 @@ def setup(args, info, device, dtype) -> SampleRenderer | None:
         return renderer
     except Exception as exc:  # noqa: BLE001 - samples are a view on training, never its end
         log.warning("sample edits disabled: %s: %s", type(exc).__name__, exc)
-        _free(device)
+        free_memory(device)
         return None
 
 
@@ -174,7 +162,7 @@ def render(renderer: SampleRenderer | None, transformer, step: int, output: Path
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory while sampling
         log.warning("step %d: sample edits failed (training goes on): %s: %s", step,
                     type(exc).__name__, exc)
-        _free(renderer.device)
+        free_memory(renderer.device)
 
 
 def due(args, done: int, saved: bool, stopping: bool) -> bool:
