@@ -2,6 +2,7 @@
 # make bench: CPU benchmarks, one JSON object per line (not part of make test;
 #             bench/gpu_check.sh is for a GPU machine and is run by hand)
 # make test : set up and run the test suite (CPU, offline)
+# make test-fast: the tests not marked slow (no whole training runs or served apps), for work in progress
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,7 @@ PORT ?= 7860
 # The browser tests drive Debian's Chromium (Playwright's own browser download fails offline).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup browser run test bench clean
+.PHONY: setup browser run test test-fast bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +36,9 @@ run: setup
 
 test: setup browser
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
 	@for script in $(filter-out bench/gpu_check.py,$(wildcard bench/*.py)); do \

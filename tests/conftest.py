@@ -10,6 +10,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def pytest_configure(config):
+    # `make test-fast` leaves these out: whole trainer runs, served apps, the browser.
+    config.addinivalue_line("markers", "slow: runs real training or a served app (minutes)")
+
+
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory):
     """The demo model, built once for the whole run (it takes seconds)."""
