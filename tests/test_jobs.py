@@ -16,12 +16,12 @@ from studio.trainer import run_files
 from studio.jobs.manager import JobManager
 from studio.jobs.run_folder import EXIT
 from studio.jobs.run_folder import LOG as RUN_LOG
-from studio.jobs.launch import PRESETS, TrainOptions
+from studio.jobs.launch import TRAIN_PRESETS, TrainOptions
 from studio.jobs.multinode import REPO
 
 
 def options(demo_model, **changes) -> TrainOptions:
-    return TrainOptions.from_dict({**TrainOptions().as_dict(), **PRESETS["Demo on CPU"],
+    return TrainOptions.from_dict({**TrainOptions().as_dict(), **TRAIN_PRESETS["Demo on CPU"],
                                    "model": str(demo_model), **changes})
 
 

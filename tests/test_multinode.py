@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from studio.jobs.launch import PRESETS, TrainOptions
+from studio.jobs.launch import TRAIN_PRESETS, TrainOptions
 from studio.jobs.multinode import sbatch_script
 
 
@@ -22,7 +22,7 @@ def free_port() -> int:
 
 def two_nodes(demo_model, **changes) -> TrainOptions:
     return TrainOptions.from_dict({
-        **TrainOptions().as_dict(), **PRESETS["Demo on CPU"], "model": str(demo_model),
+        **TrainOptions().as_dict(), **TRAIN_PRESETS["Demo on CPU"], "model": str(demo_model),
         "mode": "ddp", "processes_per_node": 1, "num_machines": 2, "main_ip": "127.0.0.1",
         "main_port": free_port(), "max_steps": 4, "save_steps": 2, **changes})
 

@@ -1,4 +1,4 @@
-"""Ascend NPU support without an NPU: fused-operator patches, environment, the seed's accelerate config.
+"""Ascend NPU support without an NPU: fused-operator patches, environment, the recipe's accelerate config.
 
 No machine here has an NPU, so `fake_torch_npu` puts a TEST-ONLY stand-in for torch_npu
 (tests/fake_torch_npu) on the path: torch_npu's operator signatures and conventions with
@@ -298,7 +298,7 @@ def test_training_env_sources_set_env_then_applies_npu_env(tmp_path):
     assert env["LD_LIBRARY_PATH"] == "/opt/fake/ascend-toolkit/latest/lib64:/usr/lib/existing"
     assert env["ASCEND_OPP_PATH"] == "/opt/fake/ascend-toolkit/latest/opp with space"
     assert env["KEEP_ME"] == "yes"
-    assert env["TASK_QUEUE_ENABLE"] == "2"  # the seed's value wins over set_env.sh's
+    assert env["TASK_QUEUE_ENABLE"] == "2"  # the recipe's value wins over set_env.sh's
     assert env["OMP_NUM_THREADS"] == "4"
     assert not any("sourcing CANN" in v for v in env.values())
 
@@ -328,15 +328,15 @@ def test_a_failing_set_env_is_reported(tmp_path):
         training_env(base={"PATH": "/usr/bin:/bin"}, set_env_path=script)
 
 
-# -- the seed's accelerate config ---------------------------------------------------------
+# -- the recipe's accelerate config ---------------------------------------------------------
 def ascend_config(**overrides) -> dict:
-    from studio.trainer.accelerate_config import PRESETS, make_config
+    from studio.trainer.accelerate_config import CONFIG_PRESETS, make_config
 
-    return make_config(**{**PRESETS["ascend-8-zero2"], **overrides})
+    return make_config(**{**CONFIG_PRESETS["ascend-8-zero2"], **overrides})
 
 
 def test_seed_preset_is_eight_cards_zero2_bf16(tmp_path):
-    """The values of the seed recipe's file (Ascend/MindSpeed-MM 37ccda3,
+    """The values of the reference recipe's file (Ascend/MindSpeed-MM 37ccda3,
     examples/diffsynth/qwen_image_edit/accelerate_config.yaml) written out literally, held
     against what the studio writes, and the file read back by accelerate's own loader (what
     `accelerate launch` does)."""

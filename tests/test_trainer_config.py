@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from studio.trainer.accelerate_config import PRESETS, main, make_config
+from studio.trainer.accelerate_config import CONFIG_PRESETS, main, make_config
 from studio.trainer.args import DEFAULT_TARGETS, parse_args
 
 
@@ -31,12 +31,12 @@ def test_seed_preset_is_eight_card_zero2_bf16_with_clipping(capsys):
     assert config["deepspeed_config"]["gradient_accumulation_steps"] == 1
     assert config["deepspeed_config"]["zero3_init_flag"] is False
     assert (config["num_machines"], config["machine_rank"], config["use_cpu"]) == (1, 0, False)
-    preset = PRESETS["ascend-8-zero2"]
+    preset = CONFIG_PRESETS["ascend-8-zero2"]
     assert (preset["mode"], preset["device"], preset["num_processes"]) == ("zero2", "npu", 8)
     assert (preset["mixed_precision"], preset["gradient_clipping"]) == ("bf16", 1.0)
     # The CUDA twin differs only in the device; the CPU preset is two plain DDP processes.
-    assert {**PRESETS["cuda-8-zero2"], "device": "npu"} == preset
-    cpu = make_config(**PRESETS["cpu-2-ddp"])
+    assert {**CONFIG_PRESETS["cuda-8-zero2"], "device": "npu"} == preset
+    cpu = make_config(**CONFIG_PRESETS["cpu-2-ddp"])
     assert (cpu["distributed_type"], cpu["num_processes"], cpu["mixed_precision"]) == ("MULTI_GPU", 2, "no")
     assert "deepspeed_config" not in cpu
 
@@ -106,7 +106,7 @@ def test_gradient_clipping_reaches_the_trainer_or_deepspeed():
     assert parse_args(trainer_args(clipped, "d", "o", resume=False)).max_grad_norm == 0.5
     zero2 = dict(device="cuda", mode="zero2", processes_per_node=8)
     ds = lambda opts: accelerate_config(opts)["deepspeed_config"]["gradient_clipping"]  # noqa: E731
-    assert ds(TrainOptions(**zero2)) == 1.0  # the seed's
+    assert ds(TrainOptions(**zero2)) == 1.0  # the recipe's
     assert ds(TrainOptions(**zero2, max_grad_norm=0.5)) == 0.5
 
 

@@ -7,7 +7,7 @@ import time
 from tqdm import tqdm
 
 from ..jobs.manager import JobManager
-from ..jobs.launch import PRESETS, TrainOptions
+from ..jobs.launch import TRAIN_PRESETS, TrainOptions
 from .project import open_store
 
 # CLI flag -> TrainOptions field, for the options passed straight through.
@@ -35,7 +35,7 @@ HELP = {"--sample-steps": "sample edits of the validation pairs every N steps "
         "--max-samples": "validation pairs sampled (default 4)",
         "--lr-scheduler": "reference (DiffSynth's), constant, constant_with_warmup, linear, cosine",
         "--init-lora": "start from this LoRA: an adapter id (adapters list) or a file",
-        "--lora-targets": "comma-separated LoRA target modules (default: the seed's)",
+        "--lora-targets": "comma-separated LoRA target modules (default: the recipe's)",
         "--max-grad-norm": "clip the gradient norm (default: off; ZeRO-2 runs clip at 1.0)",
         "--sample-cfg": "true CFG scale of the sample edits (default 1 = off)"}
 
@@ -44,7 +44,7 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a LoRA on a project's pairs")
     p.add_argument("--project", required=True)
     p.add_argument("--model", default="demo", help="model folder or 'demo'")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="Demo on CPU")
+    p.add_argument("--preset", choices=sorted(TRAIN_PRESETS), default="Demo on CPU")
     p.add_argument("--name", default=None, help="run name (default: <project>-lora)")
     for flag, (field, kind) in OPTION_FLAGS.items():
         p.add_argument(flag, dest=field, type=kind, default=None, help=HELP.get(flag))
@@ -77,7 +77,7 @@ def manager(args) -> JobManager:
 
 def options(args, preset: str | None = None) -> TrainOptions:
     """The preset's options (`--preset` unless named), with every flag given on top."""
-    values = {**TrainOptions().as_dict(), **PRESETS[preset or args.preset], "model": args.model}
+    values = {**TrainOptions().as_dict(), **TRAIN_PRESETS[preset or args.preset], "model": args.model}
     for field in [f for f, _ in OPTION_FLAGS.values()] + ["use_gradient_checkpointing"]:
         if getattr(args, field) is not None:
             values[field] = getattr(args, field)

@@ -1,4 +1,4 @@
-"""Importing metadata files: the seed's metadata_edit.csv and DiffSynth JSON/JSONL.
+"""Importing metadata files: the recipe's metadata_edit.csv and DiffSynth JSON/JSONL.
 
 Column names follow DiffSynth: `image` is the training target, `edit_image` the input
 (a list of up to 3 inputs for 2509/2511). A CSV laid out like the seed README's table

@@ -1,6 +1,6 @@
 """Pairing files by name: which file is a source, which a target, and of which pair.
 
-Recognised: `source_<id>` / `edited_<id>` (the seed's names), `<id>_source` / `<id>_target`,
+Recognised: `source_<id>` / `edited_<id>` (the recipe's names), `<id>_source` / `<id>_target`,
 `before` / `after`, `input` / `output` and similar words as prefix or suffix, and role
 folders (`source/<id>.jpg` with `target/<id>.jpg`, ai-toolkit's `control/` with its
 targets, `control_2/` and `control_3/` for extra inputs). Matching ignores case.

@@ -31,7 +31,7 @@ class TrainOptions:
     max_pixels: int = 1024 * 1024
     dataset_repeat: int = 1
     gradient_accumulation_steps: int = 1
-    max_grad_norm: float | None = None  # None: off, except ZeRO-2 runs (the seed's 1.0)
+    max_grad_norm: float | None = None  # None: off, except ZeRO-2 runs (the recipe's 1.0)
     use_gradient_checkpointing: bool = False
     seed: int = 0
     mixed_precision: str = "auto"
@@ -67,14 +67,14 @@ class TrainOptions:
 
 
 # Starting points in the Train tab; every field stays editable.
-PRESETS: dict[str, dict] = {
+TRAIN_PRESETS: dict[str, dict] = {
     "Demo on CPU": dict(device="cpu", mode="single", processes_per_node=1, max_steps=20,
                         save_steps=10, lora_rank=4, max_pixels=64 * 64, mixed_precision="no",
                         use_gradient_checkpointing=False),
     "One 80 GB GPU": dict(device="cuda", mode="single", processes_per_node=1, max_steps=2000,
                           save_steps=250, lora_rank=32, max_pixels=1024 * 1024,
                           mixed_precision="bf16", use_gradient_checkpointing=True),
-    # The seed recipe (MindSpeed-MM): 8 Ascend cards, DeepSpeed ZeRO-2, bf16, 262144 pixels.
+    # The reference recipe (MindSpeed-MM): 8 Ascend cards, DeepSpeed ZeRO-2, bf16, 262144 pixels.
     "Seed: 8 Ascend NPUs, ZeRO-2": dict(device="npu", mode="zero2", processes_per_node=8,
                                          max_steps=None, num_epochs=1, save_steps=500,
                                          lora_rank=32, max_pixels=262144, mixed_precision="bf16",
@@ -162,7 +162,7 @@ def launch_env(opts: TrainOptions) -> dict[str, str]:
         # Several CPU processes go through the GPU launcher with this set; under ZeRO-2 it
         # would quietly turn the run into plain DDP, so DeepSpeed runs go without it.
         env["ACCELERATE_USE_CPU"] = "1"
-    if opts.device == "npu":  # the seed's Ascend variables with the user's edits ("" drops one)
+    if opts.device == "npu":  # the recipe's Ascend variables with the user's edits ("" drops one)
         from studio.engine.npu.env import npu_env
 
         env.update(npu_env(opts.env))

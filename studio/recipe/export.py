@@ -1,14 +1,14 @@
-"""Exporting a project as the seed recipe: a folder a user copies to an Ascend (or GPU)
+"""Exporting a project as the reference recipe: a folder a user copies to an Ascend (or GPU)
 cluster and runs with DiffSynth-Studio's train.py, as MindSpeed-MM's
 examples/diffsynth/qwen_image_edit/ does, without the studio installed there.
 
     out/
       train_qwen_image_edit_lora.sh   environment, model_paths, accelerate launch of train.py
       accelerate_config.yaml          DeepSpeed ZeRO-2 (or DDP), with the multi-node fields
-      dataset/                        metadata_edit.csv + images/ (the seed layout)
+      dataset/                        metadata_edit.csv + images/ (the recipe's layout)
       README.txt
 
-The seed lists the weight files by hand; here they come from the model folder's
+The recipe lists the weight files by hand; here they come from the model folder's
 *.safetensors.index.json files, so a shard list can never drift from the weights.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ def model_paths(model_dir: Path) -> list:
 
 
 def _model_paths_shell(entries: list) -> str:
-    """The JSON text with each path as "$MODEL_DIR/<file>", in the seed's quoting style:
+    """The JSON text with each path as "$MODEL_DIR/<file>", in the recipe's quoting style:
     single quotes around the JSON, closed around the variable."""
     quoted = lambda rel: '"\'"$MODEL_DIR"\'/' + rel + '"'  # noqa: E731
     lines = ["["]
@@ -124,7 +124,7 @@ def render_script(opts: TrainOptions, model_dir: Path, entries: list, project: s
             "--processor_path", '"$MODEL_DIR/processor"', "--output_path", '"$OUTPUT_PATH"',
             *map(shlex.quote, train_arguments(opts))]
     rows, i = [], 0
-    while i < len(cmd):  # a flag and its value on one line, as the seed writes them
+    while i < len(cmd):  # a flag and its value on one line, as the recipe writes them
         pair = cmd[i].startswith("--") and i + 1 < len(cmd) and not cmd[i + 1].startswith("--")
         rows.append(" ".join(cmd[i:i + 1 + pair]))
         i += 1 + pair
@@ -222,7 +222,7 @@ def render_readme(opts: TrainOptions, model_dir: Path, project: str, notes: list
     return "\n".join(lines) + "\n"
 
 
-def export_seed_recipe(store: Store, project: str, model_path: str | Path, out_dir: str | Path,
+def export_recipe(store: Store, project: str, model_path: str | Path, out_dir: str | Path,
                        options: TrainOptions, overwrite: bool = False) -> Path:
     """Write the recipe folder; returns the script's path. Raises ValueError (ModelFolderError
     for the model folder) before writing anything when an input is unusable."""
@@ -230,7 +230,7 @@ def export_seed_recipe(store: Store, project: str, model_path: str | Path, out_d
     model_dir = inspect_model_folder(model_path).path
     entries = model_paths(model_dir)
     config = accelerate_config(options)  # raises on inconsistent device/node settings
-    # The seed's config also pins these two; accelerate's prompts would otherwise ask.
+    # The recipe's config also pins these two; accelerate's prompts would otherwise ask.
     config.update(dynamo_backend="no", downcast_bf16="no")
     usable = [p for p in store.pairs.iterate(project)
               if p["status"] != "error" and p["split"] == "train"]

@@ -17,9 +17,9 @@ from pathlib import Path
 import yaml
 
 MODES = ("single", "ddp", "zero2")
-# The seed recipe (MindSpeed-MM accelerate_config.yaml): 8 Ascend cards, ZeRO-2, bf16,
+# The reference recipe (MindSpeed-MM accelerate_config.yaml): 8 Ascend cards, ZeRO-2, bf16,
 # gradient clipping 1.0.
-PRESETS = {
+CONFIG_PRESETS = {
     "ascend-8-zero2": dict(mode="zero2", num_processes=8, device="npu", mixed_precision="bf16",
                            gradient_clipping=1.0),
     "cuda-8-zero2": dict(mode="zero2", num_processes=8, device="cuda", mixed_precision="bf16",
@@ -95,7 +95,7 @@ def write_config(path: str | Path, config: dict) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m studio.trainer.accelerate_config",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", choices=sorted(PRESETS))
+    p.add_argument("--preset", choices=sorted(CONFIG_PRESETS))
     p.add_argument("--mode", choices=MODES)
     p.add_argument("--num_processes", type=int)
     p.add_argument("--device", choices=["cpu", "cuda", "npu"])
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--main_process_port", type=int)
     p.add_argument("--out", help="write here (default: print)")
     a = p.parse_args(argv)
-    options = dict(PRESETS[a.preset]) if a.preset else {}
+    options = dict(CONFIG_PRESETS[a.preset]) if a.preset else {}
     for key in ("mode", "num_processes", "device", "mixed_precision", "gradient_accumulation_steps",
                 "gradient_clipping", "offload_optimizer", "num_machines", "machine_rank",
                 "main_process_ip", "main_process_port"):

@@ -1,13 +1,13 @@
 """Command-line arguments of `python -m studio.trainer`.
 
-Names follow DiffSynth-Studio's `train.py` (qwen_image_parser) so that the seed recipe's
+Names follow DiffSynth-Studio's `train.py` (qwen_image_parser) so that the reference recipe's
 shell scripts translate flag for flag; the studio-only flags come last.
 """
 from __future__ import annotations
 
 import argparse
 
-# The seed recipe's LoRA targets (docs/design.md; DiffSynth-Studio Qwen-Image-Edit LoRA example).
+# The reference recipe's LoRA targets (docs/design.md; DiffSynth-Studio Qwen-Image-Edit LoRA example).
 DEFAULT_TARGETS = ("to_q,to_k,to_v,add_q_proj,add_k_proj,add_v_proj,to_out.0,to_add_out,"
                    "img_mlp.net.2,img_mod.1,txt_mlp.net.2,txt_mod.1")
 
@@ -48,7 +48,7 @@ def build_parser(cls: type[argparse.ArgumentParser] = argparse.ArgumentParser):
     p.add_argument("--gradient_accumulation_steps", type=int, default=1)
     p.add_argument("--max_grad_norm", type=float, default=None,
                    help="clip the gradient norm (off by default, as in the reference; DeepSpeed "
-                        "runs clip with the config's gradient_clipping, 1.0 in the seed's)")
+                        "runs clip with the config's gradient_clipping, 1.0 in the recipe's)")
     p.add_argument("--lora_rank", type=int, default=32)
     p.add_argument("--lora_alpha", type=float, default=None, help="default: the rank")
     p.add_argument("--lora_target_modules", default=DEFAULT_TARGETS)

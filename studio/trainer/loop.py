@@ -286,7 +286,7 @@ def train(args) -> int:
     if args.use_gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     transformer.to(device).train()
-    if device.type == "npu":  # torch_npu's fused attention/RMSNorm, as the seed's NPU patch
+    if device.type == "npu":  # torch_npu's fused attention/RMSNorm, as the recipe's NPU patch
         from studio.engine.npu import apply_patches
 
         log.info("NPU fused operators: %s", ", ".join(apply_patches(transformer)) or "none")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..trainer.args import LR_SCHEDULERS
-from ..jobs.launch import PRESETS, TrainOptions
+from ..jobs.launch import TRAIN_PRESETS, TrainOptions
 
 # Form fields by accordion, (TrainOptions field, factory(value)); FIELDS is the order of the
 # event inputs.
@@ -14,14 +14,14 @@ TRAINER_FIELDS = [
     ("num_epochs", lambda v: gr.Number(v, label="Epochs", precision=0)),
     ("save_steps", lambda v: gr.Number(v, label="Save every N steps", precision=0,
                                        info="0 = each epoch")),
-    ("lora_rank", lambda v: gr.Number(v, label="LoRA rank", precision=0, info="the seed uses 32")),
+    ("lora_rank", lambda v: gr.Number(v, label="LoRA rank", precision=0, info="the recipe uses 32")),
     ("lora_alpha", lambda v: gr.Number(v, label="LoRA alpha", info="0 = same as rank")),
     ("lora_target_modules", lambda v: gr.Textbox(v, label="LoRA target modules",
-                                                 info="comma-separated; the seed's by default")),
+                                                 info="comma-separated; the recipe's by default")),
     ("lora_checkpoint", lambda v: gr.Dropdown([], value=v or None, allow_custom_value=True,
                                               label="Start from LoRA", elem_id="train-init-lora",
                                               info="a project adapter or a LoRA file; empty = new")),
-    ("learning_rate", lambda v: gr.Number(v, label="Learning rate", info="AdamW, the seed uses 1e-4")),
+    ("learning_rate", lambda v: gr.Number(v, label="Learning rate", info="AdamW, the recipe uses 1e-4")),
     ("lr_scheduler", lambda v: gr.Dropdown(list(LR_SCHEDULERS), value=v, label="LR schedule",
                                            info="reference: lr/3 for 5 steps, then constant")),
     ("lr_warmup_steps", lambda v: gr.Number(v, label="Warm-up steps", precision=0,
@@ -99,7 +99,7 @@ def options_from(model: str, env_text: str, values) -> TrainOptions:
 
 
 def ascend_env_text() -> str:
-    """The seed's Ascend variables as editable KEY=VALUE lines (an empty value drops one)."""
+    """The recipe's Ascend variables as editable KEY=VALUE lines (an empty value drops one)."""
     from ..engine.npu.env import OPTIONAL_ENV, SEED_ENV
 
     return "\n".join([*(f"{k}={v}" for k, v in SEED_ENV.items()),
@@ -113,4 +113,4 @@ def form_values(options: dict) -> list:
 
 
 def preset_values(name: str) -> list:
-    return form_values(PRESETS.get(name, {}))
+    return form_values(TRAIN_PRESETS.get(name, {}))

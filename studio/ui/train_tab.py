@@ -7,8 +7,8 @@ import gradio as gr
 import pandas as pd
 
 from ..jobs.manager import JobManager
-from ..jobs.launch import PRESETS
-from . import seed_panel
+from ..jobs.launch import TRAIN_PRESETS
+from . import recipe_panel
 from .common import adapter_choices, user_error
 from .train_form import (DEVICE_FIELDS, FIELDS, SAMPLE_FIELDS, TRAINER_FIELDS, ascend_env_text,
                          form_values, options_from, preset_values)
@@ -48,7 +48,7 @@ def sample_gallery(samples: list[dict]) -> list[tuple[str, str]]:
 def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
     with gr.Row():
         with gr.Column(scale=1):
-            preset = gr.Dropdown([*PRESETS, "Custom"], value="Demo on CPU", label="Preset",
+            preset = gr.Dropdown([*TRAIN_PRESETS, "Custom"], value="Demo on CPU", label="Preset",
                                  elem_id="train-preset")
             model = gr.Textbox(value=model_path, label="Model folder (or 'demo')")
             name = gr.Textbox(label="Run name", placeholder="default: <project>-lora")
@@ -66,7 +66,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
             with gr.Row():
                 show = gr.Button("Show command")
                 start = gr.Button("Start training", variant="primary", elem_id="train-start")
-            seed_panel.build(store, project, model, env_text, fields, options_from)
+            recipe_panel.build(store, project, model, env_text, fields, options_from)
             command = gr.Markdown(elem_id="train-command")
         with gr.Column(scale=2):
             with gr.Row():
@@ -170,9 +170,9 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
     reuse.click(on_reuse, run_pick, [preset, model, env_text, *fields], api_name="train_reuse")
     form = [model, env_text, *fields]
     def on_preset(name):
-        if name not in PRESETS:
+        if name not in TRAIN_PRESETS:
             return [gr.skip()] * (len(fields) + 1)
-        return [*preset_values(name), ascend_env_text() if PRESETS[name]["device"] == "npu" else ""]
+        return [*preset_values(name), ascend_env_text() if TRAIN_PRESETS[name]["device"] == "npu" else ""]
 
     preset.change(on_preset, preset, [*fields, env_text], api_name=False)
     show.click(on_preview, [project, *form], command, api_name="train_preview")

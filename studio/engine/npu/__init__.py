@@ -2,7 +2,7 @@
 
 - patches: `apply_patches(transformer)` routes attention / RMSNorm / RoPE through torch_npu's
   fused operators (and `remove_patches`).
-- env: `npu_env()` (the seed's Ascend variables), `training_env()` (plus CANN's set_env.sh).
+- env: `npu_env()` (the recipe's Ascend variables), `training_env()` (plus CANN's set_env.sh).
 The submodules load lazily so that `pick_device` does not import diffusers.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The Ascend environment for NPU training subprocesses: CANN's set_env.sh plus the seed's
+"""The Ascend environment for NPU training subprocesses: CANN's set_env.sh plus the recipe's
 variables.
 
-The defaults are the seed recipe's, Ascend/MindSpeed-MM
+The defaults are the reference recipe's, Ascend/MindSpeed-MM
 examples/diffsynth/qwen_image_edit/train_qwen_image_edit_lora.sh (commits 7c1a539 and
 37ccda3; the later one sources /usr/local/Ascend/cann/set_env.sh, the CANN 8.5+ location,
 the earlier one /usr/local/Ascend/ascend-toolkit/set_env.sh). DiffSynth-Studio's own NPU
@@ -29,10 +29,10 @@ SEED_ENV: dict[str, str] = {
     "TOKENIZERS_PARALLELISM": "false",
     "OMP_NUM_THREADS": "1",
     "CPU_AFFINITY_CONF": "1",  # bind each rank's threads to its NPU's cores
-    "HCCL_DETERMINISTIC": "True",  # reproducible reductions (the seed's choice, at some speed)
+    "HCCL_DETERMINISTIC": "True",  # reproducible reductions (the recipe's choice, at some speed)
 }
 
-# The seed leaves these to CANN; listed so a settings form can offer them.
+# The recipe leaves these to CANN; listed so a settings form can offer them.
 OPTIONAL_ENV: dict[str, str] = {
     # Seconds one collective may wait (CANN default 1836). Other ranks wait in a barrier while
     # rank 0 encodes the dataset cache: raise it for large first runs.
@@ -50,7 +50,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def npu_env(overrides: Mapping[str, object] | None = None) -> dict[str, str]:
-    """The seed's Ascend variables with `overrides` applied: a value replaces or adds a
+    """The recipe's Ascend variables with `overrides` applied: a value replaces or adds a
     variable, None (or "") drops it from this set (the subprocess then inherits whatever
     the launching environment has)."""
     env = dict(SEED_ENV)

@@ -11,9 +11,9 @@ What is missing, and added here:
   model (processor by processor, not `set_attention_backend`, which also changes the
   process-wide default backend for every other diffusers model), and the RMSNorms of this
   model get a fused subclass that always calls `npu_rms_norm`;
-- the rotary embedding through `npu_rotary_mul` (off by default: the seed recipe keeps
+- the rotary embedding through `npu_rotary_mul` (off by default: the reference recipe keeps
   the complex multiply, and no speed gain has been measured here).
-The seed (MindSpeed-MM examples/diffsynth/qwen_image_edit/qwen_image_edit_patch.py) swaps
+The recipe (MindSpeed-MM examples/diffsynth/qwen_image_edit/qwen_image_edit_patch.py) swaps
 the same three places in DiffSynth's DiT: joint attention, q/k (and txt_norm) RMSNorms, RoPE.
 """
 from __future__ import annotations

@@ -17,8 +17,8 @@ from studio.engine.model_folder import ModelFolderError
 from studio.engine.npu.env import SEED_ENV
 from studio.store import Store
 from studio.recipe.external_log import follow_log, parse_log
-from studio.jobs.launch import PRESETS, TrainOptions
-from studio.recipe.export import export_seed_recipe
+from studio.jobs.launch import TRAIN_PRESETS, TrainOptions
+from studio.recipe.export import export_recipe
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def sharded_model(demo_model, tmp_path):
 
 
 def seed_options(**changes) -> TrainOptions:
-    return TrainOptions.from_dict({**TrainOptions().as_dict(), **PRESETS["Seed: 8 Ascend NPUs, ZeRO-2"],
+    return TrainOptions.from_dict({**TrainOptions().as_dict(), **TRAIN_PRESETS["Seed: 8 Ascend NPUs, ZeRO-2"],
                                    **changes})
 
 
@@ -78,7 +78,7 @@ def test_export_writes_a_runnable_seed_recipe(store, sharded_model, tmp_path):
     model, transformer, text_encoder = sharded_model
     options = seed_options(lora_rank=16, learning_rate=2e-4, num_epochs=3, dataset_repeat=5,
                            num_machines=2, machine_rank=1, main_ip="10.1.2.3", main_port=6789)
-    script = export_seed_recipe(store, "cats", model, tmp_path / "out", options)
+    script = export_recipe(store, "cats", model, tmp_path / "out", options)
     out = script.parent
     assert script.name == "train_qwen_image_edit_lora.sh" and os.access(script, os.X_OK)
     subprocess.run(["bash", "-n", str(script)], check=True)
@@ -130,7 +130,7 @@ def test_export_writes_a_runnable_seed_recipe(store, sharded_model, tmp_path):
 
 
 def test_single_node_script_refuses_missing_weights_before_launching(store, demo_model, tmp_path):
-    script = export_seed_recipe(store, "cats", demo_model, tmp_path / "out", seed_options())
+    script = export_recipe(store, "cats", demo_model, tmp_path / "out", seed_options())
     config = yaml.safe_load((script.parent / "accelerate_config.yaml").read_text())
     assert config["num_machines"] == 1 and "main_process_ip" not in config
     assert "--machine_rank" not in dry_run(script)
@@ -148,14 +148,14 @@ def test_incomplete_model_folder_and_bad_output_are_refused(store, demo_model, t
     broken = shutil.copytree(demo_model, tmp_path / "broken")
     shutil.rmtree(broken / "vae")
     with pytest.raises(ModelFolderError, match="vae: missing folder"):
-        export_seed_recipe(store, "cats", broken, tmp_path / "a", seed_options())
+        export_recipe(store, "cats", broken, tmp_path / "a", seed_options())
     assert not (tmp_path / "a").exists()  # nothing written
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "keep.txt").write_text("x")
     with pytest.raises(ValueError, match="not empty"):
-        export_seed_recipe(store, "cats", demo_model, tmp_path / "b", seed_options())
+        export_recipe(store, "cats", demo_model, tmp_path / "b", seed_options())
     with pytest.raises(ValueError, match="one process"):  # 8 per node cannot be "single"
-        export_seed_recipe(store, "cats", demo_model, tmp_path / "c", seed_options(mode="single"))
+        export_recipe(store, "cats", demo_model, tmp_path / "c", seed_options(mode="single"))
 
 
 def test_cli_seed_export(store, demo_model, projects, tmp_path):

@@ -1,4 +1,4 @@
-"""`seed-export` and `follow-log`: hand a project to the reference stack (DiffSynth-Studio /
+"""`recipe-export` (also `seed-export`, the name users know) and `follow-log`: hand a project to the reference stack (DiffSynth-Studio /
 MindSpeed-MM) on a cluster, and watch such a run from its log."""
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import json
 
 from ..engine.models import resolve_model
 from ..recipe.external_log import follow_log
-from ..recipe.export import export_seed_recipe
+from ..recipe.export import export_recipe
 from .project import open_store
 from .train import OPTION_FLAGS, options as train_options
 
-SEED_PRESET = "Seed: 8 Ascend NPUs, ZeRO-2"
+RECIPE_PRESET = "Seed: 8 Ascend NPUs, ZeRO-2"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("seed-export", help="write train_qwen_image_edit_lora.sh, "
+    p = sub.add_parser("recipe-export", aliases=["seed-export"], help="write train_qwen_image_edit_lora.sh, "
                                           "accelerate_config.yaml and the dataset for "
                                           "MindSpeed-MM / DiffSynth-Studio")
     p.add_argument("--project", required=True)
@@ -25,7 +25,7 @@ def register(sub) -> None:
         p.add_argument(flag, dest=field, type=kind, default=None)
     p.add_argument("--no-gradient-checkpointing", dest="use_gradient_checkpointing",
                    action="store_false", default=None)
-    p.set_defaults(handler=seed_export)
+    p.set_defaults(handler=recipe_export)
 
     f = sub.add_parser("follow-log", help="progress of an external DiffSynth/MindSpeed run from its log")
     f.add_argument("file")
@@ -33,12 +33,12 @@ def register(sub) -> None:
     f.set_defaults(handler=show_log)
 
 
-def seed_export(args) -> int:
+def recipe_export(args) -> int:
     store = open_store(args)
-    # Start from the seed recipe (8 Ascend NPUs, ZeRO-2); flags change single fields.
-    options = train_options(args, SEED_PRESET)
+    # Start from the reference recipe (8 Ascend NPUs, ZeRO-2); flags change single fields.
+    options = train_options(args, RECIPE_PRESET)
     model = resolve_model(args.model, store.root)
-    script = export_seed_recipe(store, args.project, model, args.out, options, overwrite=args.force)
+    script = export_recipe(store, args.project, model, args.out, options, overwrite=args.force)
     print((script.parent / "README.txt").read_text(), end="")
     print(f"wrote {script}")
     return 0

@@ -1,4 +1,4 @@
-"""Train tab panels for the reference stack: export the form's run as the seed recipe
+"""Train tab panels for the reference stack: export the form's run as the reference recipe
 (MindSpeed-MM / DiffSynth-Studio), and follow such a run from its log."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ..store import Store
 from .common import user_error
 from ..recipe.external_log import follow_log
 from ..jobs.launch import TrainOptions
-from ..recipe.export import export_seed_recipe
+from ..recipe.export import export_recipe
 
 
 def export_folder(store: Store, project: str, text: str) -> Path:
@@ -60,7 +60,7 @@ def build(store: Store, project: gr.Dropdown, model: gr.Textbox, env_text: gr.Te
         try:
             folder = resolve_model(options.model, store.root)
             out = export_folder(store, project_name, folder_text)
-            script = export_seed_recipe(store, project_name, folder, out, options)
+            script = export_recipe(store, project_name, folder, out, options)
         except (ModelFolderError, ValueError, KeyError) as exc:
             raise user_error(exc)
         readme = (script.parent / "README.txt").read_text()
