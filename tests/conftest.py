@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 from PIL import Image
@@ -57,3 +58,15 @@ def jobs(tmp_path):
     store.create_project("p")
     add_synthetic_pairs(store, "p", 4)
     return JobManager(store)
+
+
+@pytest.fixture
+def groups():
+    """Process groups a test started; whatever of them is left is killed afterwards."""
+    started: list[int] = []
+    yield started
+    for pgid in started:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

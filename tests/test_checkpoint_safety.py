@@ -18,21 +18,9 @@ import torch
 from PIL import Image
 
 from studio.trainer import run_files, steplog
-from tests.test_fault_injection import Forks, trainer_argv, validation_dataset
+from tests.test_fault_injection import dataset, forks, trainer_argv  # noqa: F401 (fixtures)
 
 ARGS = ["--max_steps", 4, "--save_steps", 2, "--sample_steps", 0]
-
-
-@pytest.fixture(scope="module")
-def forks():
-    server = Forks()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return validation_dataset(tmp_path_factory.mktemp("data") / "ds")
 
 
 @pytest.fixture(scope="module")

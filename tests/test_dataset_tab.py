@@ -14,7 +14,12 @@ from tests.app_process import free_port
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    store = Store(tmp_path_factory.mktemp("tab") / "projects")
+    yield from serve_dataset_tab(tmp_path_factory.mktemp("tab") / "projects")
+
+
+def serve_dataset_tab(root):
+    """The Dataset tab alone, served on a free port: (client, store) for one "default" project."""
+    store = Store(root)
     store.create_project("default")
     with gr.Blocks() as app:
         project = project_bar.build(store)

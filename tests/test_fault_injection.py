@@ -174,18 +174,6 @@ def test_the_trainer_killed_at_every_phase_of_a_save_ends_as_an_uninterrupted_ru
 TRAINER_ARGS = launch.trainer_args  # the job manager's, before the test adds the fast flags
 
 
-@pytest.fixture
-def groups():
-    """Process groups a test started: whatever of them is left is killed afterwards."""
-    started: list[int] = []
-    yield started
-    for pgid in started:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def test_the_supervisor_killed_inside_a_save_and_the_run_resumed_ends_the_same(
         jobs, demo_model, forks, groups, tmp_path, monkeypatch):
     """The trainer pauses at a fault point; the supervisor is killed; once the launcher is gone

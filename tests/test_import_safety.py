@@ -8,19 +8,17 @@ import sys
 import zipfile
 from pathlib import Path
 
-import gradio as gr
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 
 from studio.cli import main
 from studio.dataset import importers
 from studio.dataset.sources import ZipFiles
-from studio.store import Store
-from studio.ui import dataset_tab, project_bar
-from tests.app_process import ROOT, free_port
+from tests.app_process import ROOT
 from tests.dataset_helpers import jpeg, store, write_pair  # noqa: F401 (fixture)
+from tests.test_dataset_tab import serve_dataset_tab
 
 
 @pytest.fixture
@@ -103,17 +101,7 @@ def test_a_table_on_disk_reads_local_paths_only_when_the_caller_allows(store, tm
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    store = Store(tmp_path_factory.mktemp("safety") / "projects")
-    store.create_project("default")
-    with gr.Blocks() as app:
-        project = project_bar.build(store)
-        dataset_tab.build(store, project)
-    app.queue()
-    app.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(app.local_url, verbose=False), store
-    finally:
-        app.close()
+    yield from serve_dataset_tab(tmp_path_factory.mktemp("safety") / "projects")
 
 
 def test_the_dataset_tab_gives_one_answer_for_any_server_path(served, tmp_path, server_files):

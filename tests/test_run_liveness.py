@@ -36,18 +36,6 @@ def trainers(pgid: int) -> list[int]:
     return found
 
 
-@pytest.fixture
-def groups():
-    """Process groups a test started; whatever of them is left is killed afterwards."""
-    started: list[int] = []
-    yield started
-    for pgid in started:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def first_step(jobs, demo_model, groups) -> dict:
     """A long run, once its trainer has written the metrics of a first step."""
     run = jobs.submit("p", options(demo_model, max_steps=400, save_steps=1000))
