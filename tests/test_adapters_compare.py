@@ -12,6 +12,8 @@ from studio.store import Store
 from tests.conftest import make_image
 from tests.lora_files import random_lora, save_lora
 
+pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
+
 PROMPT = "add a red hat"
 KW = dict(steps=2, size=(32, 32), true_cfg_scale=1.0)
 

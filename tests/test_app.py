@@ -14,6 +14,8 @@ from tests.app_process import running_app
 from tests.conftest import make_image
 from tests.lora_files import random_lora, save_lora
 
+pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
+
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+import pytest
 
 from studio.cli import main
 from tests.conftest import make_image
+
+pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
 
 ROOT = Path(__file__).resolve().parents[1]
 

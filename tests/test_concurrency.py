@@ -5,11 +5,14 @@ from pathlib import Path
 
 from gradio_client import Client, handle_file
 from PIL import Image
+import pytest
 
 from studio.store import Store
 from tests.conftest import make_image
 from tests.dataset_helpers import jpeg
 from tests.test_app import app_url  # noqa: F401  (the module-scoped running app)
+
+pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
 
 PAIRS_EACH, EDITS_EACH = 4, 2
 NO_ADAPTERS = (None, 1.0) * 3

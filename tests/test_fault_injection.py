@@ -29,6 +29,8 @@ from tests.conftest import make_image
 from tests.test_jobs import options, wait_for
 from tests.trainer_helpers import FAST, ROOT, env, lora, make_dataset, max_abs, max_diff
 
+pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
+
 # Checkpoints at every step; sample edits at the last one only (each start's first edit costs
 # seconds: the VAE encodes the input at the pipeline's 1 MP).
 STEPS = 7

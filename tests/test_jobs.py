@@ -19,6 +19,8 @@ from studio.jobs.run_folder import LOG as RUN_LOG
 from studio.jobs.launch import TRAIN_PRESETS, TrainOptions
 from studio.jobs.multinode import REPO
 
+pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
+
 
 def options(demo_model, **changes) -> TrainOptions:
     return TrainOptions.from_dict({**TrainOptions().as_dict(), **TRAIN_PRESETS["Demo on CPU"],

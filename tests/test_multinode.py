@@ -13,6 +13,8 @@ import pytest
 from studio.jobs.launch import TRAIN_PRESETS, TrainOptions
 from studio.jobs.multinode import sbatch_script
 
+pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
+
 
 def free_port() -> int:
     with socket.socket() as s:

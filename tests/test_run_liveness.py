@@ -12,6 +12,8 @@ import pytest
 from studio.trainer import run_files
 from tests.test_jobs import options, wait_for
 
+pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
+
 
 def group_members(pgid: int) -> list[int]:
     """The live processes of a process group, seen through psutil (not the studio's code)."""

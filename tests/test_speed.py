@@ -14,6 +14,8 @@ from studio.engine.editor import Editor
 from studio.engine.speed import compiled
 from tests.trainer_helpers import make_dataset, run_trainer
 
+pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
+
 EDIT = dict(steps=2, size=(64, 64), true_cfg_scale=4.0, seed=5)
 IMAGE = Image.new("RGB", (96, 80), (40, 150, 90))
 

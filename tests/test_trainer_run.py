@@ -15,6 +15,8 @@ from tests.conftest import make_image
 from tests.trainer_helpers import (ROOT, env, lora, make_dataset, max_abs, max_diff, run_trainer,
                                    trainer_cmd)
 
+pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
+
 STEPS = 8
 # 1 process x 2 accumulation: the same global batch as 2 processes x 1.
 BASE_ARGS = ["--max_steps", STEPS, "--save_steps", 3, "--gradient_accumulation_steps", 2]

@@ -14,6 +14,8 @@ from studio.trainer.samples import file_names, list_samples
 from tests.conftest import make_image
 from tests.trainer_helpers import lora, make_dataset, max_diff, run_trainer
 
+pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
+
 # A high learning rate so that 2 steps move the demo model's output visibly.
 ARGS = ["--max_steps", 4, "--save_steps", 2, "--sample_inference_steps", 2, "--learning_rate", 3e-2]
 VAL_SIZE = (64, 48)  # a different shape from the 64x64 training pairs: output follows the target

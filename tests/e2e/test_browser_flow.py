@@ -8,10 +8,13 @@ import re
 import time
 
 from playwright.sync_api import Page, expect
+import pytest
 
 from tests.conftest import make_image
 from tests.dataset_helpers import jpeg
 from tests.e2e.conftest import ARTIFACTS, PASSWORD, USER
+
+pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
 
 PROJECT = "e2e"
 TRAIN_STEPS = 12
