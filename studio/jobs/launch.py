@@ -32,7 +32,14 @@ class TrainOptions:
     dataset_repeat: int = 1
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = None  # None: off, except ZeRO-2 runs (the recipe's 1.0)
-    use_gradient_checkpointing: bool = False
+    use_gradient_checkpointing: bool | None = None  # None: on for cuda/npu, off on cpu
+    # Memory savers (studio/engine/savers.py), trainer flags of the same names.
+    fp8_base: bool = False
+    quantize_base: str = "none"     # none | int8
+    offload_blocks: int = 0
+    text_encoder_offload: bool = False
+    fp8_text_encoder: bool = False
+    ignore_memory_plan: bool = False  # start even when the plan says it will not fit
     seed: int = 0
     mixed_precision: str = "auto"
     # Sample edits of the validation pairs (trainer flags of the same names).
@@ -135,8 +142,18 @@ def trainer_args(opts: TrainOptions, dataset_dir: Path, output_dir: Path, resume
         args += ["--max_grad_norm", str(opts.max_grad_norm)]
     if opts.lr_scheduler != "reference" or opts.lr_warmup_steps:
         args += ["--lr_scheduler", opts.lr_scheduler, "--lr_warmup_steps", str(opts.lr_warmup_steps)]
-    if opts.use_gradient_checkpointing:
-        args.append("--use_gradient_checkpointing")
+    if opts.use_gradient_checkpointing is not None:
+        args.append("--use_gradient_checkpointing" if opts.use_gradient_checkpointing
+                    else "--no-use_gradient_checkpointing")
+    if opts.fp8_base:
+        args.append("--fp8_base")
+    if opts.quantize_base != "none":
+        args += ["--quantize_base", opts.quantize_base]
+    if opts.offload_blocks:
+        args += ["--offload_blocks", str(opts.offload_blocks)]
+    for flag in ("text_encoder_offload", "fp8_text_encoder", "ignore_memory_plan"):
+        if getattr(opts, flag):
+            args.append(f"--{flag}")
     if opts.sample_steps is not None:
         args += ["--sample_steps", str(opts.sample_steps)]
     args += ["--sample_inference_steps", str(opts.sample_inference_steps),

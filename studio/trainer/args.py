@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from studio.engine.savers import QUANTIZE_CHOICES
+
 # The reference recipe's LoRA targets (docs/design.md; DiffSynth-Studio Qwen-Image-Edit LoRA example).
 DEFAULT_TARGETS = ("to_q,to_k,to_v,add_q_proj,add_k_proj,add_v_proj,to_out.0,to_add_out,"
                    "img_mlp.net.2,img_mod.1,txt_mlp.net.2,txt_mod.1")
@@ -54,7 +56,10 @@ def build_parser(cls: type[argparse.ArgumentParser] = argparse.ArgumentParser):
     p.add_argument("--lora_target_modules", default=DEFAULT_TARGETS)
     p.add_argument("--lora_checkpoint", default=None,
                    help="start from this LoRA (diffusers, DiffSynth or ComfyUI keys)")
-    p.add_argument("--use_gradient_checkpointing", action="store_true")
+    p.add_argument("--use_gradient_checkpointing", default=None,
+                   action=argparse.BooleanOptionalAction,
+                   help="recompute each block's activations in backward (default: on for "
+                        "CUDA/NPU, as the reference recipe, off on CPU)")
     p.add_argument("--output_path", default="./models/train")
     p.add_argument("--save_steps", type=int, default=None,
                    help="save a LoRA every N steps (default: at the end of each epoch)")
@@ -77,6 +82,23 @@ def build_parser(cls: type[argparse.ArgumentParser] = argparse.ArgumentParser):
                    help="torch.compile each transformer block (opt-in; the first steps pay the compile)")
     p.add_argument("--device", default=None,
                    help="cpu keeps the run on the CPU; cuda/npu only check where accelerate put it")
+    # Memory savers (studio/engine/savers.py); they combine, except where the run refuses.
+    p.add_argument("--fp8_base", action="store_true",
+                   help="store the frozen transformer in fp8, compute in bf16 (about half the "
+                        "weight memory; each layer pays a cast)")
+    p.add_argument("--quantize_base", default="none", choices=QUANTIZE_CHOICES,
+                   help="int8: the frozen transformer quantized by torchao (QLoRA-style; needs "
+                        "bf16 and the [quant] extra)")
+    p.add_argument("--offload_blocks", type=int, default=0,
+                   help="keep this many transformer blocks in host memory, each layer coming "
+                        "onto the device just before use (needs gradient checkpointing)")
+    p.add_argument("--text_encoder_offload", action="store_true",
+                   help="while encoding, keep the text encoder's layers in host memory")
+    p.add_argument("--fp8_text_encoder", action="store_true",
+                   help="store the text encoder in fp8 while encoding (changes the encodings "
+                        "slightly, so they are cached apart)")
+    p.add_argument("--ignore_memory_plan", action="store_true",
+                   help="start even when the memory plan says the run will not fit")
     # Sample edits of the validation pairs (written by rank 0 under <output>/samples/).
     p.add_argument("--validation_metadata_path", default=None,
                    help="validation pairs (default: <dataset_base_path>/metadata_validation.csv "
@@ -123,6 +145,8 @@ def parse_args(argv: list[str] | None = None,
     if args.lr_warmup_steps and args.lr_scheduler in ("reference", "constant"):
         parser.error(f"--lr_scheduler {args.lr_scheduler} has no warm-up; pick "
                      f"constant_with_warmup, linear or cosine")
+    if args.offload_blocks < 0:
+        parser.error("--offload_blocks must be 0 or more")
     if args.max_samples < 0:
         parser.error("--max_samples must be 0 or more")
     return args
