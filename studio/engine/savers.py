@@ -68,11 +68,12 @@ def problems(savers: Savers, *, device: str, num_blocks: int | None = None, trai
     elif num_blocks is not None and savers.offload_blocks > num_blocks:
         out.append(f"the model has {num_blocks} transformer blocks; cannot offload "
                    f"{savers.offload_blocks}")
-    if training and savers.offload_blocks and not gradient_checkpointing:
-        out.append("block offload needs gradient checkpointing when training: without it, "
-                   "backward keeps every block's weights on the device until the step ends")
-    if training and mode == "zero2" and (savers.fp8_base or savers.quantized or
-                                         savers.offload_blocks):
+    base_savers = savers.fp8_base or savers.quantized or savers.offload_blocks
+    if training and base_savers and not gradient_checkpointing:
+        out.append("fp8 storage, the int8 base and block offload need gradient checkpointing "
+                   "when training: without it, backward keeps a full copy of every layer's "
+                   "weights on the device until the step ends, which saves nothing")
+    if training and mode == "zero2" and base_savers:
         out.append("DeepSpeed ZeRO-2 casts the whole model to bf16 and moves it onto the card, "
                    "which undoes fp8 storage, the int8 base and block offload; use mode ddp "
                    "with these savers")
