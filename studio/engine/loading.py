@@ -81,7 +81,7 @@ def load_transformer(folder: str | Path, device, dtype: torch.dtype, savers: Sav
                 value = files[names[name]].get_tensor(name)
                 if value.is_floating_point():
                     value = value.to(dtype)
-                set_module_tensor_to_device(model, name, "cpu", value=value)
+                set_module_tensor_to_device(model, name, "cpu", value=value, dtype=value.dtype)
 
         for i, block in enumerate(getattr(model, BLOCKS)):
             read(groups.get(i, []))
