@@ -57,11 +57,15 @@ class Plan:
 
     def lines(self) -> list[str]:
         where = "per process (host RAM)" if self.host_only else "per device"
-        head = f"memory plan: {self.device_gb:.1f} GB {where} at the {self.phase} peak, " \
-               f"{self.host_gb:.1f} GB host RAM per node"
-        return [head] + [f"  {name}: {gb:.2f} GB" for name, gb in self.parts.items()]
+        head = f"memory plan: {size(self.device_gb)} {where} at the {self.phase} peak, " \
+               f"{size(self.host_gb)} host RAM per node"
+        return [head] + [f"  {name}: {size(gb)}" for name, gb in self.parts.items() if gb]
 
     host_only: bool = False
+
+
+def size(gb: float) -> str:
+    return f"{gb:.1f} GB" if gb >= 1 else f"{gb * 1024:.1f} MB"
 
 
 def _config(model: Path, component: str) -> dict:
@@ -178,7 +182,7 @@ def train_plan(model: str | Path, s: TrainSetting) -> Plan:
     if s.savers.text_encoder_offload and not host_only:
         per_process_host = max(per_process_host, HOST_BASE_GB + encode_parts["text encoder (host)"])
     host = s.processes_per_node * (per_process_host + (peak if host_only else 0))
-    return Plan(round(peak, 2), round(host, 2), phase, {k: round(v, 3) for k, v in shown.items()},
+    return Plan(round(peak, 4), round(host, 2), phase, {k: round(v, 5) for k, v in shown.items()},
                 host_only=host_only)
 
 
@@ -248,5 +252,5 @@ def edit_plan(model: str | Path, s: EditSetting) -> Plan:
     host_only = s.device == "cpu"
     host = HOST_BASE_GB + offloaded * stored_block + (peak if host_only else 0) + \
         (text_encoder + vae if s.cpu_offload else 0)
-    return Plan(round(peak, 2), round(host, 2), "editing", {k: round(v, 3) for k, v in parts.items()},
+    return Plan(round(peak, 4), round(host, 2), "editing", {k: round(v, 5) for k, v in parts.items()},
                 host_only=host_only)
