@@ -1,8 +1,10 @@
 """`train` and `runs …`: training jobs without a browser."""
 from __future__ import annotations
 
+import argparse
 import json
 import time
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -29,7 +31,11 @@ OPTION_FLAGS = {
     "--sample-inference-steps": ("sample_inference_steps", int),
     "--sample-cfg": ("sample_true_cfg_scale", float),
     "--lora-targets": ("lora_target_modules", str), "--init-lora": ("lora_checkpoint", str),
+    "--quantize-base": ("quantize_base", str), "--offload-blocks": ("offload_blocks", int),
 }
+# Switches: CLI flag -> TrainOptions field set to True.
+SWITCHES = {"--fp8-base": "fp8_base", "--text-encoder-offload": "text_encoder_offload",
+            "--fp8-text-encoder": "fp8_text_encoder", "--ignore-memory-plan": "ignore_memory_plan"}
 HELP = {"--sample-steps": "sample edits of the validation pairs every N steps "
                           "(default: at each checkpoint; 0: never)",
         "--max-samples": "validation pairs sampled (default 4)",
@@ -37,19 +43,33 @@ HELP = {"--sample-steps": "sample edits of the validation pairs every N steps "
         "--init-lora": "start from this LoRA: an adapter id (adapters list) or a file",
         "--lora-targets": "comma-separated LoRA target modules (default: the recipe's)",
         "--max-grad-norm": "clip the gradient norm (default: off; ZeRO-2 runs clip at 1.0)",
-        "--sample-cfg": "true CFG scale of the sample edits (default 1 = off)"}
+        "--sample-cfg": "true CFG scale of the sample edits (default 1 = off)",
+        "--quantize-base": "int8: the frozen transformer quantized by torchao (needs bf16)",
+        "--offload-blocks": "transformer blocks kept in host memory, streamed to the device "
+                            "layer by layer (slower; needs gradient checkpointing)",
+        "--fp8-base": "store the frozen transformer in fp8, compute in bf16 (half the weights)",
+        "--text-encoder-offload": "stream the text encoder's layers from host memory while encoding",
+        "--fp8-text-encoder": "store the text encoder in fp8 while encoding",
+        "--ignore-memory-plan": "start even when the memory plan says the run will not fit"}
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a LoRA on a project's pairs")
-    p.add_argument("--project", required=True)
+    p.add_argument("--project", default=None, help="the project to train on (not for --plan)")
     p.add_argument("--model", default="demo", help="model folder or 'demo'")
     p.add_argument("--preset", choices=sorted(TRAIN_PRESETS), default="Demo on CPU")
     p.add_argument("--name", default=None, help="run name (default: <project>-lora)")
     for flag, (field, kind) in OPTION_FLAGS.items():
         p.add_argument(flag, dest=field, type=kind, default=None, help=HELP.get(flag))
+    for flag, field in SWITCHES.items():
+        p.add_argument(flag, dest=field, action="store_true", default=None, help=HELP.get(flag))
     p.add_argument("--gradient-checkpointing", dest="use_gradient_checkpointing",
-                   action="store_true", default=None)
+                   action=argparse.BooleanOptionalAction, default=None,
+                   help="default: on for cuda/npu, off on cpu")
+    p.add_argument("--plan", action="store_true",
+                   help="print the memory plan and its verdict on this machine; start nothing")
+    p.add_argument("--plan-presets", action="store_true",
+                   help="print every preset's memory plan on its card; start nothing")
     p.add_argument("--detach", action="store_true",
                    help="return at once; the run id is printed on the last line")
     p.set_defaults(handler=train)
@@ -78,7 +98,8 @@ def manager(args) -> JobManager:
 def options(args, preset: str | None = None) -> TrainOptions:
     """The preset's options (`--preset` unless named), with every flag given on top."""
     values = {**TrainOptions().as_dict(), **TRAIN_PRESETS[preset or args.preset], "model": args.model}
-    for field in [f for f, _ in OPTION_FLAGS.values()] + ["use_gradient_checkpointing"]:
+    for field in [f for f, _ in OPTION_FLAGS.values()] + [*SWITCHES.values(),
+                                                           "use_gradient_checkpointing"]:
         if getattr(args, field) is not None:
             values[field] = getattr(args, field)
     return TrainOptions.from_dict(values)
@@ -109,7 +130,37 @@ def follow(jobs: JobManager, run_id: int) -> int:
     return 0 if run["status"] in ("finished", "stopped") else 1
 
 
+def model_folder(args) -> Path:
+    from ..engine.models import resolve_model
+    from ..paths import projects_dir
+
+    return resolve_model(args.model, projects_dir(args.projects_dir))
+
+
+def show_plan(args) -> int:
+    from ..jobs import memory
+
+    folder = model_folder(args)
+    if args.plan_presets:
+        if args.model == "demo":  # the presets are sized for the real model
+            from ..engine.memory.shapes import shapes_folder
+
+            folder = shapes_folder(folder.parent / "qwen-image-edit-shapes")
+            print("(the demo model: plans of the real Qwen-Image-Edit's shapes)")
+        for row in memory.preset_rows(folder):
+            print(f"{row['preset']}: {row['per device']} per device, {row['host per node']} "
+                  f"host; {row['savers']}; {row['verdict']}")
+        return 0
+    planned = memory.run_plan(options(args), folder)
+    print(planned.text())
+    return 0 if planned.verdict is None or planned.verdict.fits else 1
+
+
 def train(args) -> int:
+    if args.plan or args.plan_presets:
+        return show_plan(args)
+    if not args.project:
+        raise SystemExit("studio train: --project is required")
     jobs = manager(args)
     run = jobs.submit(args.project, options(args), name=args.name)
     print(f"run {run['id']} {run['status']}: {run['run_dir']}")

@@ -29,6 +29,7 @@ class TrainOptions:
     lr_scheduler: str = "reference"  # DiffSynth's; or diffusers' constant/…/linear/cosine
     lr_warmup_steps: int = 0
     max_pixels: int = 1024 * 1024
+    edit_image_auto_resize: bool = True  # the edit image at ~1 MP, as the reference
     dataset_repeat: int = 1
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = None  # None: off, except ZeRO-2 runs (the recipe's 1.0)
@@ -73,20 +74,31 @@ class TrainOptions:
         return dataclasses.asdict(self)
 
 
-# Starting points in the Train tab; every field stays editable.
+# Starting points in the Train tab; every field stays editable. The card presets are the
+# fastest savers that the memory plan says fit each card at the seed's setting (512x512
+# targets, max_pixels 262144, with 1 MP edit images), checked by tests/test_presets.py.
+_GPU_RUN = dict(device="cuda", mode="single", processes_per_node=1, max_steps=2000,
+                save_steps=250, lora_rank=32, max_pixels=262144, mixed_precision="bf16",
+                use_gradient_checkpointing=True)
 TRAIN_PRESETS: dict[str, dict] = {
     "Demo on CPU": dict(device="cpu", mode="single", processes_per_node=1, max_steps=20,
                         save_steps=10, lora_rank=4, max_pixels=64 * 64, mixed_precision="no",
                         use_gradient_checkpointing=False),
-    "One 80 GB GPU": dict(device="cuda", mode="single", processes_per_node=1, max_steps=2000,
-                          save_steps=250, lora_rank=32, max_pixels=1024 * 1024,
-                          mixed_precision="bf16", use_gradient_checkpointing=True),
+    "One 24 GB GPU": dict(_GPU_RUN, fp8_base=True, offload_blocks=20),
+    "One 32 GB GPU": dict(_GPU_RUN, fp8_base=True),
+    "One 48 GB GPU": dict(_GPU_RUN, fp8_base=True),
+    "One 80 GB GPU": dict(_GPU_RUN),
+    "One Ascend 910B (64 GB)": dict(_GPU_RUN, device="npu"),
     # The reference recipe (MindSpeed-MM): 8 Ascend cards, DeepSpeed ZeRO-2, bf16, 262144 pixels.
     "Seed: 8 Ascend NPUs, ZeRO-2": dict(device="npu", mode="zero2", processes_per_node=8,
                                          max_steps=None, num_epochs=1, save_steps=500,
                                          lora_rank=32, max_pixels=262144, mixed_precision="bf16",
                                          use_gradient_checkpointing=True),
 }
+# The card each preset is sized for, in GB (its memory before the driver takes its share).
+PRESET_CARD_GB = {"One 24 GB GPU": 24, "One 32 GB GPU": 32, "One 48 GB GPU": 48,
+                  "One 80 GB GPU": 80, "One Ascend 910B (64 GB)": 64,
+                  "Seed: 8 Ascend NPUs, ZeRO-2": 64}
 
 
 def devices_key(opts: TrainOptions) -> str:
@@ -130,6 +142,8 @@ def trainer_args(opts: TrainOptions, dataset_dir: Path, output_dir: Path, resume
             "--mixed_precision", opts.mixed_precision]
     if opts.max_steps:
         args += ["--max_steps", str(opts.max_steps)]
+    if not opts.edit_image_auto_resize:
+        args.append("--no-edit_image_auto_resize")
     if opts.save_steps:
         args += ["--save_steps", str(opts.save_steps)]
     if opts.lora_alpha:

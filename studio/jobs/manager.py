@@ -27,7 +27,7 @@ from ..trainer import run_files
 from ..trainer.accelerate_config import write_config
 from ..trainer.args import check_args
 from ..trainer.lora_io import check_compatible
-from . import launch, launchers, monitor, multinode, run_folder, status
+from . import launch, launchers, memory, monitor, multinode, run_folder, status
 from .launch import TrainOptions
 
 RECONCILE_EVERY = 3.0  # seconds between the app's background reconciles
@@ -83,6 +83,7 @@ class JobManager:
                                            "model": str(resolve_model("demo", self.store.root))})
         if not self.store.pairs.count(project):
             raise ValueError(f"project {project!r} has no pairs to train on; add some in the Dataset tab")
+        memory.check(opts, Path(opts.model))
         from ..dataset.validate import validate_project
 
         report = validate_project(self.store, project, max_pixels=opts.max_pixels)

@@ -47,6 +47,22 @@ class TrainSetting:
     device: str = "cuda"                       # cpu | cuda | npu
     dtype_bytes: int = 2                       # bf16; 4 for fp32
 
+    @classmethod
+    def of(cls, source, **given) -> "TrainSetting":
+        """From trainer args or TrainOptions (same field names); `given` names the rest
+        (device, mode, processes_per_node, num_machines, dtype_bytes)."""
+        from ..savers import gradient_checkpointing
+
+        fixed = (source.width, source.height) if getattr(source, "width", None) else None
+        device = given.get("device", getattr(source, "device", None) or "cuda")
+        return cls(max_pixels=source.max_pixels, fixed_size=fixed,
+                   edit_auto_resize=getattr(source, "edit_image_auto_resize", True),
+                   lora_rank=source.lora_rank, lora_targets=source.lora_target_modules,
+                   savers=Savers.of(source),
+                   gradient_checkpointing=gradient_checkpointing(
+                       source.use_gradient_checkpointing, device),
+                   **{"device": device, **given})
+
 
 @dataclass
 class Plan:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .plan import Plan, TrainSetting, train_plan
+from .plan import Plan, TrainSetting, size, train_plan
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,13 @@ class Verdict:
     message: str
 
 
+RESERVE = 0.10  # of the free memory, kept back for allocator fragmentation and the plan's error
+
+
 def _limit(plan: Plan, have: Budget) -> tuple[float, str]:
     if plan.host_only or have.per_device() is None:
-        return have.host_gb, "host RAM"
-    return have.per_device(), "each card"
+        return have.host_gb * (1 - RESERVE), "host RAM"
+    return have.per_device() * (1 - RESERVE), "each card"
 
 
 def _options(model: Path, s: TrainSetting, need: float, limit: float) -> list[str]:
@@ -89,10 +92,10 @@ def verdict(plan: Plan, have: Budget, options=None) -> Verdict:
     limit, where = _limit(plan, have)
     spare = limit - plan.device_gb
     if spare >= 0:
-        return Verdict(True, f"fits, {spare:.0f} GB to spare on {where} "
-                             f"({plan.device_gb:.1f} of {limit:.1f} GB)")
-    message = f"needs {-spare:.0f} GB more on {where} ({plan.device_gb:.1f} GB planned, " \
-              f"{limit:.1f} GB free)"
+        return Verdict(True, f"fits, {size(spare)} to spare on {where} "
+                             f"({size(plan.device_gb)} planned of {size(limit)} usable)")
+    message = f"needs {size(-spare)} more on {where} ({size(plan.device_gb)} planned, " \
+              f"{size(limit)} usable: free memory less {RESERVE:.0%} reserve)"
     found = options(plan.device_gb, limit) if options else []
     if found:
         message += ": " + " or ".join(found)
