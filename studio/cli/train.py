@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -100,7 +99,7 @@ def options(args, preset: str | None = None) -> TrainOptions:
     values = {**TrainOptions().as_dict(), **TRAIN_PRESETS[preset or args.preset], "model": args.model}
     for field in [f for f, _ in OPTION_FLAGS.values()] + [*SWITCHES.values(),
                                                            "use_gradient_checkpointing"]:
-        if getattr(args, field) is not None:
+        if getattr(args, field, None) is not None:  # recipe-export has no saver switches
             values[field] = getattr(args, field)
     return TrainOptions.from_dict(values)
 
@@ -130,28 +129,16 @@ def follow(jobs: JobManager, run_id: int) -> int:
     return 0 if run["status"] in ("finished", "stopped") else 1
 
 
-def model_folder(args) -> Path:
-    from ..engine.models import resolve_model
-    from ..paths import projects_dir
-
-    return resolve_model(args.model, projects_dir(args.projects_dir))
-
-
 def show_plan(args) -> int:
-    from ..jobs import memory
-
-    folder = model_folder(args)
+    jobs = manager(args)
     if args.plan_presets:
-        if args.model == "demo":  # the presets are sized for the real model
-            from ..engine.memory.shapes import shapes_folder
-
-            folder = shapes_folder(folder.parent / "qwen-image-edit-shapes")
-            print("(the demo model: plans of the real Qwen-Image-Edit's shapes)")
-        for row in memory.preset_rows(folder):
-            print(f"{row['preset']}: {row['per device']} per device, {row['host per node']} "
+        planned, rows = jobs.preset_plans(args.model)
+        print(f"every preset on {planned}:")
+        for row in rows:
+            print(f"  {row['preset']}: {row['per device']} per device, {row['host per node']} "
                   f"host; {row['savers']}; {row['verdict']}")
         return 0
-    planned = memory.run_plan(options(args), folder)
+    planned = jobs.memory_plan(options(args))
     print(planned.text())
     return 0 if planned.verdict is None or planned.verdict.fits else 1
 

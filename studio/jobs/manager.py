@@ -75,12 +75,7 @@ class JobManager:
         multinode.check(opts)
         check_args(launch.trainer_args(opts, Path(run_folder.DATASET), Path(run_folder.OUTPUT),
                                        resume=False))
-        opts = self._start_lora(opts)
-        if opts.model == "demo":  # the studio's own demo model, wherever this projects folder is
-            from ..engine.models import resolve_model
-
-            opts = TrainOptions.from_dict({**opts.as_dict(),
-                                           "model": str(resolve_model("demo", self.store.root))})
+        opts = dataclasses.replace(self._start_lora(opts), model=str(self.model_folder(opts.model)))
         if not self.store.pairs.count(project):
             raise ValueError(f"project {project!r} has no pairs to train on; add some in the Dataset tab")
         memory.check(opts, Path(opts.model))
@@ -97,6 +92,28 @@ class JobManager:
         run = self.runs.update(run["id"], run_dir=str(self.run_dir(project, run["id"])))
         self.dispatch()
         return self.runs.get(run["id"])
+
+    def model_folder(self, spec: str) -> Path:
+        """The demo model is the studio's own, wherever this projects folder is."""
+        if spec != "demo":
+            return Path(spec).expanduser()
+        from ..engine.models import resolve_model
+
+        return resolve_model("demo", self.store.root)
+
+    def memory_plan(self, opts: TrainOptions) -> memory.RunPlan:
+        return memory.run_plan(opts, self.model_folder(opts.model))
+
+    def preset_plans(self, model: str) -> tuple[str, list[dict]]:
+        """Every preset's plan on its card; for the demo model, on the real model's shapes
+        (what the presets are sized for). Returns (the model planned, rows)."""
+        folder = self.model_folder(model)
+        if model == "demo":
+            from ..engine.memory.shapes import shapes_folder
+
+            folder = shapes_folder(self.store.root / "_models" / "qwen-image-edit-shapes")
+            return "Qwen-Image-Edit (its shapes; the demo model is tiny)", memory.preset_rows(folder)
+        return str(folder), memory.preset_rows(folder)
 
     def _start_lora(self, opts: TrainOptions) -> TrainOptions:
         """The LoRA to start from: an adapter id becomes its file, which must fit the run."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from ..dataset.export import export_dataset
 from ..engine.model_folder import inspect_model_folder, shard_index
 from ..engine.npu.env import OPTIONAL_ENV, SET_ENV_CANDIDATES
+from ..engine.savers import gradient_checkpointing
 from ..store import Store
 from ..jobs.launch import TrainOptions, accelerate_config, launch_env
 from ..trainer.accelerate_config import write_config
@@ -92,7 +93,7 @@ def train_arguments(opts: TrainOptions) -> list[str]:
         args += ["--weight_decay", str(opts.weight_decay)]
     if opts.gradient_accumulation_steps != 1:
         args += ["--gradient_accumulation_steps", str(opts.gradient_accumulation_steps)]
-    if opts.use_gradient_checkpointing:
+    if gradient_checkpointing(opts.use_gradient_checkpointing, opts.device):
         args.append("--use_gradient_checkpointing")
     return args + ["--dataset_num_workers", "8", "--find_unused_parameters"]
 

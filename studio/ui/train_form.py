@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..engine.savers import QUANTIZE_CHOICES
 from ..trainer.args import LR_SCHEDULERS
 from ..jobs.launch import TRAIN_PRESETS, TrainOptions
 
@@ -38,8 +39,25 @@ TRAINER_FIELDS = [
     ("mixed_precision", lambda v: gr.Dropdown(["auto", "no", "bf16", "fp16"], value=v,
                                               label="Precision",
                                               info="auto: bf16 on GPU/NPU, fp32 on CPU")),
-    ("use_gradient_checkpointing", lambda v: gr.Checkbox(v, label="Gradient checkpointing",
-                                                         info="less memory, ~30% slower")),
+    ("use_gradient_checkpointing", lambda v: gr.Radio(["auto", "on", "off"], value=v,
+                                                      label="Gradient checkpointing",
+                                                      info="less memory, ~30% slower; auto: on "
+                                                           "for GPU/NPU, off on CPU")),
+]
+MEMORY_FIELDS = [
+    ("fp8_base", lambda v: gr.Checkbox(v, label="fp8 base weights",
+                                       info="half the transformer's memory; each layer pays a cast")),
+    ("quantize_base", lambda v: gr.Dropdown(list(QUANTIZE_CHOICES), value=v, label="Quantized base",
+                                            info="int8 (torchao, bf16 only): like fp8, QLoRA-style")),
+    ("offload_blocks", lambda v: gr.Number(v, label="Blocks offloaded to host memory", precision=0,
+                                           info="streamed layer by layer with prefetch; slower "
+                                                "the more blocks")),
+    ("text_encoder_offload", lambda v: gr.Checkbox(v, label="Offload the text encoder",
+                                                   info="while encoding: ~15 GB less on the card")),
+    ("fp8_text_encoder", lambda v: gr.Checkbox(v, label="fp8 text encoder",
+                                               info="while encoding; encodings change slightly")),
+    ("ignore_memory_plan", lambda v: gr.Checkbox(v, label="Ignore the memory plan",
+                                                 info="start even if the plan says it will not fit")),
 ]
 SAMPLE_FIELDS = [
     ("sample_steps", lambda v: gr.Number(v, label="Sample every N steps", precision=0,
@@ -70,10 +88,11 @@ DEVICE_FIELDS = [
     ("cann_set_env", lambda v: gr.Textbox(v, label="CANN set_env.sh (NPU)",
                                           info="default: /usr/local/Ascend/ascend-toolkit/set_env.sh")),
 ]
-FIELDS = TRAINER_FIELDS + SAMPLE_FIELDS + DEVICE_FIELDS
+FIELDS = TRAINER_FIELDS + MEMORY_FIELDS + SAMPLE_FIELDS + DEVICE_FIELDS
 # Numbers where 0 means "not set" (the trainer's default), and where empty means it.
 ZERO_IS_UNSET = ("max_steps", "save_steps", "lora_alpha", "max_grad_norm")
 EMPTY_IS_UNSET = ("sample_steps",)
+CHECKPOINTING = {"auto": None, "on": True, "off": False}
 FLOATS = ("learning_rate", "weight_decay", "lora_alpha", "max_grad_norm", "sample_true_cfg_scale")
 
 
@@ -84,6 +103,8 @@ def options_from(model: str, env_text: str, values) -> TrainOptions:
             value = value or None
         if value is None and isinstance(data[name], str):  # an emptied text or dropdown
             value = ""
+        if name == "use_gradient_checkpointing":
+            value = CHECKPOINTING.get(value)
         if isinstance(value, float) and name not in FLOATS:
             value = int(value)
         data[name] = value
@@ -109,6 +130,8 @@ def ascend_env_text() -> str:
 def form_values(options: dict) -> list:
     """The form's field values for these options (the rest at their defaults)."""
     values = {**TrainOptions().as_dict(), **options}
+    values["use_gradient_checkpointing"] = {v: k for k, v in CHECKPOINTING.items()}[
+        values["use_gradient_checkpointing"]]
     return [0 if values[f] is None and f not in EMPTY_IS_UNSET else values[f] for f, _ in FIELDS]
 
 

@@ -10,8 +10,8 @@ from ..jobs.manager import JobManager
 from ..jobs.launch import TRAIN_PRESETS
 from . import recipe_panel
 from .common import adapter_choices, user_error
-from .train_form import (DEVICE_FIELDS, FIELDS, SAMPLE_FIELDS, TRAINER_FIELDS, ascend_env_text,
-                         form_values, options_from, preset_values)
+from .train_form import (DEVICE_FIELDS, FIELDS, MEMORY_FIELDS, SAMPLE_FIELDS, TRAINER_FIELDS,
+                         ascend_env_text, form_values, options_from, preset_values)
 
 
 def progress_html(step: int, total: int | None) -> str:
@@ -56,6 +56,8 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
             fields = []
             with gr.Accordion("Trainer options", open=False):
                 fields += [make(next(initial)) for _, make in TRAINER_FIELDS]
+            with gr.Accordion("Memory savers", open=False):
+                fields += [make(next(initial)) for _, make in MEMORY_FIELDS]
             with gr.Accordion("Sample edits at checkpoints", open=False):
                 fields += [make(next(initial)) for _, make in SAMPLE_FIELDS]
             with gr.Accordion("Devices and nodes", open=False):
@@ -65,9 +67,13 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
                                       lines=3)
             with gr.Row():
                 show = gr.Button("Show command")
+                plan_button = gr.Button("Memory plan", elem_id="train-plan")
+                presets_button = gr.Button("Plans of every preset")
                 start = gr.Button("Start training", variant="primary", elem_id="train-start")
             recipe_panel.build(store, project, model, env_text, fields, options_from)
             command = gr.Markdown(elem_id="train-command")
+            plan_text = gr.Markdown(elem_id="train-plan-text")
+            preset_table = gr.Dataframe(visible=False, wrap=True, elem_id="train-preset-plans")
         with gr.Column(scale=2):
             with gr.Row():
                 run_pick = gr.Dropdown([], label="Run", scale=3, elem_id="train-run")
@@ -109,6 +115,20 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
             text += ("\n\nThis project has no validation pairs, so the run makes no sample edits "
                      "and no validation loss: hold some out in the Dataset tab.")
         return text
+
+    def on_plan(project_name, model, env_text, *values):
+        try:
+            planned = jobs.memory_plan(options_from(model, env_text, values))
+        except (ValueError, KeyError, OSError) as exc:
+            raise user_error(exc)
+        return "```\n" + planned.text() + "\n```"
+
+    def on_preset_plans(model):
+        try:
+            planned, rows = jobs.preset_plans(model or "demo")
+        except (ValueError, KeyError, OSError) as exc:
+            raise user_error(exc)
+        return gr.Dataframe(pd.DataFrame(rows), visible=True, label=f"Every preset on {planned}")
 
     def on_start(project_name, model, name, env_text, *values):
         if not project_name:
@@ -176,6 +196,8 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
 
     preset.change(on_preset, preset, [*fields, env_text], api_name=False)
     show.click(on_preview, [project, *form], command, api_name="train_preview")
+    plan_button.click(on_plan, [project, *form], plan_text, api_name="train_plan")
+    presets_button.click(on_preset_plans, model, preset_table, api_name="train_preset_plans")
     start.click(on_start, [project, model, name, env_text, *fields], run_pick, api_name="train_start")
     for action, button in (("stop", stop), ("resume", resume), ("delete", delete)):
         button.click(control(action), [project, run_pick], run_pick, api_name=f"train_{action}")
