@@ -3,6 +3,11 @@
 The UI calls `Editor.edit` from several worker threads: loading happens once behind a lock,
 and pipeline calls are serialised because a diffusers pipeline keeps per-call state on
 itself (and one accelerator runs one edit at a time anyway).
+
+Memory savers (studio/engine/savers.py, the training flags of the same names): with any
+transformer saver the transformer is loaded block by block to its place (engine/loading.py)
+and handed to the pipeline, which must then not move it as a whole (`.to(device)` would
+bring offloaded blocks back onto the device).
 """
 from __future__ import annotations
 
@@ -16,10 +21,12 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from .adapters import AdapterRef, AdapterSlots
+from .adapters import AdapterRef, AdapterSlots, adapter_key
 from .devices import free_memory, pick_device, pick_dtype
 from .encoding_memo import EncodingMemo
+from .loading import BLOCKS, block_count, load_transformer
 from .model_folder import ModelInfo, inspect_model_folder
+from .savers import FP8, Savers, apply_text_encoder_savers, check, offload
 from .speed import compile_backend, compile_transformer
 
 Progress = Callable[[int, int], None]
@@ -45,13 +52,43 @@ def size_for_area(width: int, height: int, area: int, multiple: int = 16) -> tup
     return out_w, out_h
 
 
+def lora_in_compute_dtype(transformer, dtype: torch.dtype) -> None:
+    """peft gives a new adapter its base layer's dtype, fp8 on an fp8-stored layer: the LoRA
+    weights would be rounded to 3 mantissa bits (and CPU kernels refuse fp8 arithmetic).
+    peft takes a layer's `compute_dtype`, where it has one, instead (as for bitsandbytes)."""
+    for module in transformer.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dtype == FP8:
+            module.compute_dtype = dtype
+
+
+def remove_group_offloading(module) -> None:
+    """Take diffusers' group-offloading hooks off `module`; the weights stay where they are."""
+    from diffusers.hooks import HookRegistry
+    from diffusers.hooks.group_offloading import (_GROUP_OFFLOADING,
+                                                  _LAYER_EXECUTION_TRACKER,
+                                                  _LAZY_PREFETCH_GROUP_OFFLOADING)
+
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    for name in (_GROUP_OFFLOADING, _LAYER_EXECUTION_TRACKER, _LAZY_PREFETCH_GROUP_OFFLOADING):
+        registry.remove_hook(name, recurse=True)
+
+
 class Editor:
     def __init__(self, model_path: str | Path, device: str | None = None, dtype: str | None = None,
                  cpu_offload: bool = False, vae_tiling: bool = False, max_adapters: int = 8,
-                 compile: bool | str = False):
+                 compile: bool | str = False, fp8_base: bool = False, quantize_base: str = "none",
+                 offload_blocks: int = 0, text_encoder_offload: bool = False):
         self.info: ModelInfo = inspect_model_folder(model_path)
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
+        self.savers = Savers(fp8_base=bool(fp8_base), quantize_base=quantize_base,
+                             offload_blocks=int(offload_blocks),
+                             text_encoder_offload=bool(text_encoder_offload))
+        # Checked now, like `compile`: an impossible combination fails at start, not at load.
+        blocks = block_count(self.info.path / "transformer") if self.savers.offload_blocks else None
+        check(self.savers, device=self.device, num_blocks=blocks, training=False, dtype=self.dtype,
+              model_cpu_offload=cpu_offload)
         self.cpu_offload = cpu_offload
         self.vae_tiling = vae_tiling
         self.max_adapters = max_adapters
@@ -71,15 +108,39 @@ class Editor:
                 self._pipe = self._load()
             return self._pipe
 
+    @property
+    def transformer_savers(self) -> bool:
+        return bool(self.savers.fp8_base or self.savers.quantized or self.savers.offload_blocks)
+
+    def describe_savers(self) -> str:
+        """e.g. 'fp8 base, 1 blocks offloaded', model CPU offload included; empty: none."""
+        parts = [self.savers.describe()] if self.savers != Savers() else []
+        if self.cpu_offload and self.device != "cpu":
+            parts.append("model CPU offload")
+        return ", ".join(parts)
+
     def _load(self):
         import diffusers
 
         cls = getattr(diffusers, self.info.pipeline_class)
-        pipe = cls.from_pretrained(self.info.path, dtype=self.dtype)
-        if self.cpu_offload and self.device != "cpu":
+        model_offload = self.cpu_offload and self.device != "cpu"
+        given = {}
+        if self.transformer_savers:
+            # Model CPU offload moves the whole transformer on for each call: it starts on the CPU.
+            place = "cpu" if model_offload else self.device
+            given["transformer"] = load_transformer(self.info.path / "transformer", place,
+                                                    self.dtype, self.savers)
+            lora_in_compute_dtype(given["transformer"], self.dtype)
+        pipe = cls.from_pretrained(self.info.path, dtype=self.dtype, **given)
+        if model_offload:
             pipe.enable_model_cpu_offload(device=self.device)
         else:
-            pipe.to(self.device)
+            placed = {id(m) for m in given.values()}
+            if apply_text_encoder_savers(pipe.text_encoder, self.device, self.dtype, self.savers):
+                placed.add(id(pipe.text_encoder))
+            for component in pipe.components.values():
+                if isinstance(component, torch.nn.Module) and id(component) not in placed:
+                    component.to(self.device)
         if self.vae_tiling:
             pipe.vae.enable_tiling()
         if self.device.split(":")[0] == "npu":  # torch_npu's fused attention/RMSNorm
@@ -116,6 +177,27 @@ class Editor:
 
     def default_size(self, image: Image.Image) -> tuple[int, int]:
         return size_for_area(*image.size, self.info.native_area)
+
+    def _activate(self, pipe, refs: list[AdapterRef]) -> None:
+        """Activate adapters, keeping the offloaded blocks as they are. diffusers re-applies
+        group offloading to the whole transformer after loading or deleting a LoRA, which would
+        move every block into host memory; with the hooks off during the load it leaves the
+        transformer alone, and the first blocks are offloaded again, their new LoRA layers
+        with them."""
+        loads = self.savers.offload_blocks and any(
+            Path(r.path).is_file() and adapter_key(Path(r.path)) not in self.adapters.loaded
+            for r in refs)
+        if not loads:
+            self.adapters.activate(refs)
+            return
+        offloaded = list(getattr(pipe.transformer, BLOCKS))[:self.savers.offload_blocks]
+        for block in offloaded:
+            remove_group_offloading(block)
+        try:
+            self.adapters.activate(refs)
+        finally:
+            for block in offloaded:
+                offload(block, self.device)
 
     # -- cancelling -----------------------------------------------------------
     def cancel(self, key: str) -> None:
@@ -164,7 +246,7 @@ class Editor:
                 if cancel is not None and cancel.is_set():
                     raise EditCancelled("edit cancelled")
                 started = time.perf_counter()
-                self.adapters.activate(list(adapters or []))
+                self._activate(pipe, list(adapters or []))
                 out = pipe(
                     image=images if self.info.max_images > 1 else images[0],
                     prompt=prompt,
@@ -186,4 +268,6 @@ class Editor:
                   "cfg": cfg, "width": width, "height": height,
                   "adapters": [{"path": str(a.path), "strength": a.strength, "label": a.name}
                                for a in adapters or []]}
+        if self.describe_savers():  # fp8 and int8 bases change the pixels a little
+            params["memory_savers"] = self.describe_savers()
         return EditResult(image=out.images[0], seconds=seconds, params=params)

@@ -49,8 +49,9 @@ class Savers:
 
 def problems(savers: Savers, *, device: str, num_blocks: int | None = None, training: bool,
              gradient_checkpointing: bool = True, mode: str = "single",
-             dtype: torch.dtype | None = None) -> list[str]:
-    """Why this combination cannot work (empty when it can)."""
+             dtype: torch.dtype | None = None, model_cpu_offload: bool = False) -> list[str]:
+    """Why this combination cannot work (empty when it can). `model_cpu_offload`: the editor's
+    --cpu-offload (diffusers' enable_model_cpu_offload)."""
     out = []
     kind = device.split(":")[0]
     if savers.quantize_base not in QUANTIZE_CHOICES:
@@ -73,6 +74,10 @@ def problems(savers: Savers, *, device: str, num_blocks: int | None = None, trai
         out.append("fp8 storage, the int8 base and block offload need gradient checkpointing "
                    "when training: without it, backward keeps a full copy of every layer's "
                    "weights on the device until the step ends, which saves nothing")
+    if model_cpu_offload and (savers.offload_blocks or savers.text_encoder_offload):
+        out.append("--cpu-offload moves whole components on and off the device, which diffusers "
+                   "refuses on group-offloaded ones (block and text-encoder offload); choose "
+                   "--cpu-offload or --offload-blocks/--text-encoder-offload")
     if training and mode == "zero2" and base_savers:
         out.append("DeepSpeed ZeRO-2 casts the whole model to bf16 and moves it onto the card, "
                    "which undoes fp8 storage, the int8 base and block offload; use mode ddp "
