@@ -4,6 +4,9 @@
 the device (41 GB on the real model) or in host memory, once per process. Here the model is
 built empty, and each block is read, cast (fp8 storage) and moved to the device or to its
 offload place before the next is read: host memory holds one block at a time.
+
+`place` is that placement for any source of tensors; bench/gpu_check.py gives it random
+weights, so the memory it measures on a GPU is that of the loader the trainer uses.
 """
 from __future__ import annotations
 
@@ -53,12 +56,11 @@ def load_transformer(folder: str | Path, device, dtype: torch.dtype, savers: Sav
             folder, torch_dtype=dtype, quantization_config=quantization_config(savers),
             device_map={"": "cpu" if savers.offload_blocks else str(device)})
         for i, block in enumerate(getattr(model, BLOCKS)):
-            offload(block, device) if i < savers.offload_blocks else block.to(device)
+            _settle(block, i, device, savers)
         _rest(model, lambda m: m.to(device))
         return model
 
     from accelerate import init_empty_weights
-    from accelerate.utils import set_module_tensor_to_device
     from safetensors import safe_open
 
     with init_empty_weights():
@@ -68,31 +70,57 @@ def load_transformer(folder: str | Path, device, dtype: torch.dtype, savers: Sav
     if expected - set(names):
         missing = sorted(expected - set(names))
         raise WeightsError(f"{folder}: {len(missing)} weight(s) missing, e.g. {missing[0]}")
+    with ExitStack() as stack:
+        files = {f: stack.enter_context(safe_open(f, "pt")) for f in set(names.values())}
+        return place(model, device, dtype, savers,
+                     lambda group: {n: files[names[n]].get_tensor(n) for n in group})
+
+
+def place(model, device, dtype: torch.dtype, savers: Savers, fill) -> torch.nn.Module:
+    """Give an empty model (built under accelerate's init_empty_weights) its tensors, block by
+    block: `fill(names)` returns {name: CPU tensor} for one block's names (then once for
+    everything outside the blocks); each block is cast to fp8 storage where the savers say so
+    and moved to the device or to its offload place before the next is filled. The source
+    stays the caller's: safetensors files here, random tensors in bench/gpu_check.py."""
+    from accelerate.utils import set_module_tensor_to_device
+
+    device = torch.device(device)
     groups: dict[int, list[str]] = {}
-    for name in expected:
+    for name in model.state_dict():
         match = _BLOCK.match(name)
         groups.setdefault(int(match.group(1)) if match else -1, []).append(name)
     patterns = skip_patterns(model)
-    with ExitStack() as stack:
-        files = {f: stack.enter_context(safe_open(f, "pt")) for f in set(names.values())}
 
-        def read(group: list[str]) -> None:
-            for name in group:
-                value = files[names[name]].get_tensor(name)
-                if value.is_floating_point():
-                    value = value.to(dtype)
-                set_module_tensor_to_device(model, name, "cpu", value=value, dtype=value.dtype)
+    def read(group: list[str]) -> None:
+        values = fill(group)
+        if set(group) - set(values):
+            raise WeightsError(f"{len(set(group) - set(values))} weight(s) not given, "
+                               f"e.g. {sorted(set(group) - set(values))[0]}")
+        for name in group:
+            value = values[name]
+            if value.is_floating_point():
+                value = value.to(dtype)
+            # The value's own dtype: the empty model's fp32 would be cast to otherwise.
+            set_module_tensor_to_device(model, name, "cpu", value=value, dtype=value.dtype)
 
-        for i, block in enumerate(getattr(model, BLOCKS)):
-            read(groups.get(i, []))
-            if savers.fp8_base:
-                store_fp8(block, dtype, patterns)
-            offload(block, device) if i < savers.offload_blocks else block.to(device)
-        read(groups.get(-1, []))
+    for i, block in enumerate(getattr(model, BLOCKS)):
+        read(groups.get(i, []))
+        if savers.fp8_base:
+            store_fp8(block, dtype, patterns)
+        _settle(block, i, device, savers)
+    read(groups.get(-1, []))
     if savers.fp8_base:
         store_fp8(model, dtype, patterns + (f"^{BLOCKS}",))
     _rest(model, lambda m: m.to(device))
     return model.eval()
+
+
+def _settle(block, index: int, device, savers: Savers) -> None:
+    """The first `offload_blocks` blocks wait in host memory; the others go to the device."""
+    if index < savers.offload_blocks:
+        offload(block, device)
+    else:
+        block.to(device)
 
 
 def _rest(model, move) -> None:
