@@ -9,6 +9,7 @@ import gradio as gr
 
 from ..engine.editor import Editor
 from ..engine.models import resolve_model
+from ..engine.savers import QUANTIZE_CHOICES
 from ..paths import projects_dir
 from ..store import Store
 from ..jobs.manager import JobManager
@@ -71,8 +72,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--auth", default=os.environ.get(AUTH_ENV), help="USER:PASS (or $STUDIO_AUTH)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--cpu-offload", action="store_true")
     p.add_argument("--vae-tiling", action="store_true")
+    # The editor's memory savers, as `studio edit` names and explains them (studio/cli/edit.py).
+    p.add_argument("--cpu-offload", action="store_true",
+                   help="whole components wait on the CPU until they run (slower edits)")
+    p.add_argument("--fp8-base", action="store_true",
+                   help="transformer stored in fp8: about half its memory, a cast per layer")
+    p.add_argument("--quantize-base", default="none", choices=QUANTIZE_CHOICES,
+                   help="int8: transformer quantized by torchao (needs --dtype bf16)")
+    p.add_argument("--offload-blocks", type=int, default=0, metavar="N",
+                   help="first N transformer blocks in host memory, brought on layer by layer")
+    p.add_argument("--text-encoder-offload", action="store_true",
+                   help="text encoder's layers in host memory, brought on layer by layer")
     p.add_argument("--max-upload", default="50mb", help="largest accepted upload")
     return p.parse_args(argv)
 
@@ -86,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     if not store.list_projects():
         store.create_project("default")
     editor = Editor(resolve_model(args.model, root), device=args.device, dtype=args.dtype,
-                    cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling)
+                    vae_tiling=args.vae_tiling, cpu_offload=args.cpu_offload,
+                    fp8_base=args.fp8_base, quantize_base=args.quantize_base,
+                    offload_blocks=args.offload_blocks,
+                    text_encoder_offload=args.text_encoder_offload)
     # Load the pipeline while the page is served, so the first edit does not wait for it.
     threading.Thread(target=lambda: editor.pipeline, daemon=True, name="load-model").start()
     # A run on the editor's accelerator needs its memory: the editor lets go of its pipeline.

@@ -81,6 +81,8 @@ def build(store: Store, editor: Editor, project: gr.Dropdown):
         except (ValueError, FileNotFoundError) as exc:
             raise gr.Error(str(exc))
         note = f"{result.image.width}×{result.image.height}, {result.seconds:.1f}s"
+        if editor.describe_savers():  # they change the speed, and fp8/int8 the pixels
+            note += f" · {editor.describe_savers()}"
         if adapters:
             note += " · " + ", ".join(f"{a.name} @ {a.strength:g}" for a in adapters)
         if project_name:
