@@ -54,7 +54,8 @@ def load_transformer(folder: str | Path, device, dtype: torch.dtype, savers: Sav
     if savers.quantized:  # torchao quantizes each weight as diffusers loads it
         model = QwenImageTransformer2DModel.from_pretrained(
             folder, torch_dtype=dtype, quantization_config=quantization_config(savers),
-            device_map={"": "cpu" if savers.offload_blocks else str(device)})
+            # diffusers leaves weights mapped to the CPU unquantized: load those unmapped.
+            device_map=None if savers.offload_blocks or device.type == "cpu" else {"": str(device)})
         for i, block in enumerate(getattr(model, BLOCKS)):
             _settle(block, i, device, savers)
         _rest(model, lambda m: m.to(device))

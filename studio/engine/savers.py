@@ -63,7 +63,8 @@ def problems(savers: Savers, *, device: str, num_blocks: int | None = None, trai
         out.append("the int8 base (torchao) has kernels for CUDA and CPU, not for Ascend NPUs; "
                    "use fp8 storage or block offload there")
     if savers.quantized and dtype is not None and dtype != torch.bfloat16:
-        out.append("the int8 base (torchao) computes in bf16; set mixed precision to bf16")
+        out.append("the int8 base (torchao) computes in bf16; set the precision to bf16 "
+                   "(--mixed_precision bf16 to train, --dtype bf16 to edit)")
     if savers.offload_blocks < 0:
         out.append("the number of offloaded blocks cannot be negative")
     elif num_blocks is not None and savers.offload_blocks > num_blocks:

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import argparse
 
+from studio.engine.lora_targets import DEFAULT_TARGETS  # noqa: F401 - the flag's default, re-exported
 from studio.engine.savers import QUANTIZE_CHOICES
 
-# The reference recipe's LoRA targets (docs/design.md; DiffSynth-Studio Qwen-Image-Edit LoRA example).
-DEFAULT_TARGETS = ("to_q,to_k,to_v,add_q_proj,add_k_proj,add_v_proj,to_out.0,to_add_out,"
-                   "img_mlp.net.2,img_mod.1,txt_mlp.net.2,txt_mod.1")
 
 
 class _RaisingParser(argparse.ArgumentParser):
