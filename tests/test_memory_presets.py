@@ -86,3 +86,30 @@ def test_savers_in_the_plan_shrink_the_weights(real_shapes):
     # fp8 halves the Linear layers (norms stay); 30 of 60 blocks leave the card.
     assert 0.45 < fp8.parts["transformer weights"] / plain < 0.55
     assert 0.45 < offloaded.parts["transformer weights"] / plain < 0.55
+
+
+def test_edit_plan_on_the_real_shapes_shrinks_with_each_saver(real_shapes):
+    from studio.engine.memory.plan import EditSetting, edit_plan
+
+    plain = edit_plan(real_shapes, EditSetting())
+    fp8 = edit_plan(real_shapes, EditSetting(savers=Savers(fp8_base=True)))
+    streamed = edit_plan(real_shapes, EditSetting(savers=Savers(fp8_base=True, offload_blocks=40,
+                                                                 text_encoder_offload=True)))
+    # bf16: 38 GiB transformer + 15 GiB text encoder resident, so an 80 GB card but not 48.
+    assert 50 < plain.device_gb < 60
+    assert plain.device_gb - fp8.device_gb == pytest.approx(
+        plain.parts["transformer weights"] - fp8.parts["transformer weights"])
+    assert streamed.device_gb < 16 < fp8.device_gb
+
+
+def test_studio_edit_plan_prints_the_plan_and_edits_nothing(demo_model, tmp_path, capsys):
+    from PIL import Image
+
+    from studio.cli import main
+
+    Image.new("RGB", (96, 64), "red").save(tmp_path / "in.png")
+    code = main(["edit", "--model", str(demo_model), "--device", "cpu", "--image",
+                 str(tmp_path / "in.png"), "--prompt", "make it blue", "--plan", "--fp8-base"])
+    out = capsys.readouterr().out
+    assert code == 0 and "memory plan:" in out and "at the editing peak" in out and "fits" in out
+    assert not list(tmp_path.glob("*.png"))[1:]  # only the input: nothing was edited

@@ -86,7 +86,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adapter", action="append", default=[], metavar="ID|FILE[:STRENGTH]",
                    help="LoRA adapter to apply (repeat to stack; strength 0-2, default 1)")
-    p.add_argument("--out", required=True, help="output image file")
+    p.add_argument("--out", default=None, help="output image file")
+    p.add_argument("--plan", action="store_true",
+                   help="print the memory plan of this edit and its verdict here; edit nothing")
     p.set_defaults(handler=run)
 
     b = sub.add_parser("edit-batch", help="edit every image of a folder, or a project's pairs")
@@ -121,8 +123,16 @@ def saver_options(args) -> dict:
 
 def run(args) -> int:
     images = load_images(args.image)
-    adapters = resolve_adapters(args, args.adapter)
     editor = make_editor(args)
+    if args.plan:
+        size = parse_size(args.size) or editor.default_size(images[-1])
+        plan, verdict = editor.memory_plan(size, len(images))
+        print("\n".join(plan.lines()))
+        print(("" if verdict.fits else "WILL NOT FIT: ") + verdict.message)
+        return 0 if verdict.fits else 1
+    if not args.out:
+        raise SystemExit("studio edit: --out is required (or --plan)")
+    adapters = resolve_adapters(args, args.adapter)
     if editor.info.is_demo:
         print("note: the demo model has random weights; its output is noise. Use --model PATH for real weights.")
     with tqdm(desc="editing", unit="step") as bar:

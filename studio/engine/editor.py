@@ -119,6 +119,18 @@ class Editor:
             parts.append("model CPU offload")
         return ", ".join(parts)
 
+    def memory_plan(self, size: tuple[int, int] = (1024, 1024), images: int = 1):
+        """(plan, verdict) of an edit at `size` with these savers on this device."""
+        from .memory.plan import EditSetting, edit_plan
+        from .memory.verdict import budget, verdict
+
+        setting = EditSetting(width=size[0], height=size[1], edit_images=images,
+                              savers=self.savers, cpu_offload=self.cpu_offload and self.device != "cpu",
+                              device=self.device.split(":")[0],
+                              dtype_bytes=torch.empty(0, dtype=self.dtype).element_size())
+        plan = edit_plan(self.info.path, setting)
+        return plan, verdict(plan, budget(self.device))
+
     def _load(self):
         import diffusers
 

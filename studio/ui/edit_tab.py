@@ -47,6 +47,7 @@ def build(store: Store, editor: Editor, project: gr.Dropdown):
             with gr.Row():
                 run = gr.Button("Edit", variant="primary", elem_id="edit-run")
                 cancel = gr.Button("Cancel", elem_id="edit-cancel")
+                plan_button = gr.Button("Memory plan", elem_id="edit-plan")
         with gr.Column():
             output = gr.Image(type="pil", label="Edited image", elem_id="edit-output",
                               interactive=False)
@@ -91,12 +92,20 @@ def build(store: Store, editor: Editor, project: gr.Dropdown):
         before = images[-1].resize(result.image.size)
         return result.image, note, (before, result.image)
 
+    def on_plan(first, second, third, width, height):
+        images = [im for im in (first, second, third) if im is not None]
+        size = common.output_size(width, height) or \
+            (editor.default_size(images[-1]) if images else (1024, 1024))
+        plan, verdict = editor.memory_plan(size, max(1, len(images)))
+        return "```\n" + "\n".join(plan.lines() + [verdict.message]) + "\n```"
+
     def on_project(project_name):
         choices = common.adapter_choices(store, project_name)
         return ([gr.Dropdown(choices=choices) for _ in range(ADAPTER_SLOTS)]
                 + [common.history(store, project_name)])
 
     inputs = [project, image, *extra, prompt, negative, seed, steps, cfg, width, height, *slots]
+    plan_button.click(on_plan, [image, *extra, width, height], status, api_name="edit_plan")
     run.click(on_edit, inputs, [output, status, slider], api_name="edit", concurrency_limit=1,
               concurrency_id="gpu").then(
         lambda p: common.history(store, p), project, gallery, api_name=False)
