@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import posixpath
 import shutil
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ class ExportResult:
     pairs: int = 0
     validation_pairs: int = 0
     skipped_errors: int = 0
+    linked: int = 0                 # images hard-linked from the store
+    copied: int = 0
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -47,20 +50,26 @@ class ExportResult:
         return text
 
 
-def _copy(store: Store, project: str, relative: str, out: Path, name: str) -> str:
-    """Copy a stored image to out/name(.ext); returns the POSIX path relative to out."""
-    ext = posixpath.splitext(relative)[1]
-    destination = out / f"{name}{ext}"
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(store.pairs.path(project, relative), destination)
-    return f"{name}{ext}"
+def _place(source: Path, destination: Path, link: bool) -> str | None:
+    """A hard link where asked and possible, else a copy; returns why a link failed."""
+    if link:
+        try:
+            os.link(source, destination)
+            return None
+        except OSError as exc:  # another filesystem, or one without links
+            reason = exc.strerror or type(exc).__name__
+        shutil.copyfile(source, destination)
+        return reason
+    shutil.copyfile(source, destination)
+    return None
 
 
 class _Writer:
     """Per-format writing of one pair; `close` finishes the metadata files."""
 
-    def __init__(self, fmt: str, out: Path, store: Store, project: str):
-        self.fmt, self.out, self.store, self.project = fmt, out, store, project
+    def __init__(self, fmt: str, out: Path, store: Store, project: str, link: bool = False):
+        self.fmt, self.out, self.store, self.project, self.link = fmt, out, store, project, link
+        self.linked, self.copied, self.link_failure = 0, 0, None
         self.files: dict[str, object] = {}
         self.csv: dict[str, csv.writer] = {}
 
@@ -78,9 +87,22 @@ class _Writer:
                 self.csv[name].writerow(SEED_COLUMNS)
         return name
 
+    def _copy(self, relative: str, name: str) -> str:
+        """A stored image as out/name(.ext); returns the POSIX path relative to out."""
+        ext = posixpath.splitext(relative)[1]
+        destination = self.out / f"{name}{ext}"
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        failure = _place(self.store.pairs.path(self.project, relative), destination, self.link)
+        if self.link and failure is None:
+            self.linked += 1
+        else:
+            self.copied += 1
+            self.link_failure = self.link_failure or failure
+        return f"{name}{ext}"
+
     def write(self, pair: dict) -> None:
         sid, split = pair["sample_id"], pair["split"]
-        copy = lambda rel, name: _copy(self.store, self.project, rel, self.out, name)  # noqa: E731
+        copy = self._copy
         if self.fmt == "aitoolkit":
             base = "" if split == "train" else "validation/"
             target = copy(pair["target_path"], f"{base}targets/{sid}")
@@ -118,7 +140,10 @@ class _Writer:
 
 
 def export_dataset(store: Store, project: str, out: str | Path, fmt: str = "seed",
-                   overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> ExportResult:
+                   overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
+                   link: bool = False) -> ExportResult:
+    """`link`: hard-link the images (a run's own folder, on this machine: the store's images
+    are content-addressed and never change) and copy only where links fail."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out = Path(out)
@@ -128,7 +153,7 @@ def export_dataset(store: Store, project: str, out: str | Path, fmt: str = "seed
     pairs = store.pairs
     total = pairs.count(project)
     result = ExportResult(out, fmt)
-    writer = _Writer(fmt, out, store, project)
+    writer = _Writer(fmt, out, store, project, link)
     extra_inputs = 0
     try:
         for done, pair in enumerate(pairs.iterate(project), 1):
@@ -145,6 +170,10 @@ def export_dataset(store: Store, project: str, out: str | Path, fmt: str = "seed
                 progress(done, total)
     finally:
         writer.close()
+    result.linked, result.copied = writer.linked, writer.copied
+    if link and writer.copied:
+        result.notes.append(f"copied {writer.copied} images: hard links failed "
+                            f"({writer.link_failure}; the dataset is on another filesystem?)")
     if extra_inputs and fmt == "seed":
         result.notes.append(f"{extra_inputs} pairs have 2-3 input images; metadata_edit.csv lists "
                             "only the first (images/source_<id>.*). Use --format diffsynth for all.")

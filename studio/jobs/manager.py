@@ -147,8 +147,11 @@ class JobManager:
             if not (run_folder.dataset(folder) / "metadata_edit.csv").is_file():
                 from ..dataset.export import export_dataset
 
-                export_dataset(self.store, self.runs.project_name(run), run_folder.dataset(folder),
-                               overwrite=True)
+                exported = export_dataset(self.store, self.runs.project_name(run),
+                                          run_folder.dataset(folder), overwrite=True, link=True)
+                run_folder.note(folder, f"dataset: {exported.pairs} pairs, {exported.linked} images "
+                                        f"hard-linked from the project, {exported.copied} copied"
+                                + "".join(f"; {n}" for n in exported.notes))
             write_config(run_folder.config(folder), launch.accelerate_config(opts))
             env = {**os.environ, **launch.launch_env(opts)}
             if opts.device == "npu":  # CANN's set_env.sh first, the Ascend variables on top

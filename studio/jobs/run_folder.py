@@ -34,3 +34,11 @@ def output(folder: Path) -> Path:
 
 def nodes(folder: Path) -> Path:
     return Path(folder) / NODES
+
+
+def note(folder: Path, line: str) -> None:
+    """A line of the studio's own in the launch log, before the run prints its own."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / LOG).open("a", encoding="utf-8") as f:
+        f.write(f"studio: {line}\n")
