@@ -28,6 +28,7 @@ HOST_BASE_GB = 1.5          # a trainer process's own host memory (python, torch
 VAE_VALUES = 6              # live values per pixel per base channel while the VAE encodes/decodes
 TEXT_VALUES = 12            # live values per token per hidden unit in a text-encoder layer
 PROMPT_TOKENS = 64          # the instruction and the template after the dropped system prompt
+ROPE_POSITIONS = 4096       # QwenEmbedRope's precomputed positions, each sign
 STREAMED_LAYERS = 2         # offloaded layers on the device at once: the running one and the next
 
 
@@ -113,6 +114,13 @@ def sequence(model: Path, target_area: int, edit_area: int, edit_images: int) ->
             "text": PROMPT_TOKENS + edit_images * _vision_tokens(model, vl_area)}
 
 
+def _rope_tables(model: Path) -> int:
+    """Bytes of the transformer's RoPE tables (QwenEmbedRope: complex64, 4096 positions each
+    way, half of each axis' dims): plain attributes, not weights. 4 MB on the real model, but
+    more than the demo transformer's weights."""
+    return 2 * ROPE_POSITIONS * sum(_config(model, "transformer")["axes_dims_rope"]) // 2 * 8
+
+
 def _transformer_dims(model: Path) -> tuple[int, int]:
     cfg = _config(model, "transformer")
     return cfg["num_attention_heads"] * cfg["attention_head_dim"], cfg["num_layers"]
@@ -141,8 +149,11 @@ def _largest_layer(items, dtype_bytes: int) -> float:
                for m in linear_modules(tuple(items))) / GB
 
 
-def _lora(items: tuple[Tensor, ...], targets: str, rank: int) -> tuple[int, dict[str, int]]:
-    """LoRA values in total, and per stream the input width its saved tensors add per token."""
+def _lora(items: tuple[Tensor, ...], targets: str, rank: int,
+          input_copies: bool) -> tuple[int, dict[str, int]]:
+    """LoRA values in total, and per stream the fp32 width its saved tensors add per token:
+    A's output (rank), and A's input when peft casts it to fp32 (`input_copies`: a bf16 base;
+    on an fp32 base the cast is a no-op and A saves the tensor the base layer saved)."""
     from studio.trainer.args import DEFAULT_TARGETS  # noqa: PLC0415 - one list of targets
 
     names = [n for n in (targets or DEFAULT_TARGETS).split(",") if n]
@@ -155,7 +166,7 @@ def _lora(items: tuple[Tensor, ...], targets: str, rank: int) -> tuple[int, dict
         if re.match(r"^transformer_blocks\.0\.", module):
             stream = "txt" if re.search(r"\.(txt_|add_|to_add_out)", module) else "img"
             if "_mod." not in module:  # modulation sees one value per sample, not per token
-                width[stream] += in_f + rank
+                width[stream] += (in_f if input_copies else 0) + rank
     return values, width
 
 
@@ -176,19 +187,19 @@ def train_plan(model: str | Path, s: TrainSetting) -> Plan:
         parts["offload window"] = STREAMED_LAYERS * _largest_layer(per_block, b) + stored_block
     if s.savers.fp8_base or s.savers.quantized:  # the recomputed block's compute-dtype copies
         parts["cast copies of one block"] = block_gb
-    lora_values, lora_width = _lora(items, s.lora_targets, s.lora_rank)
+    lora_values, lora_width = _lora(items, s.lora_targets, s.lora_rank, input_copies=b != 4)
     state = LORA_STATE_BYTES if s.mode != "zero2" else 2 + (LORA_STATE_BYTES - 2) / world
     parts["LoRA, gradients, optimizer"] = lora_values * state / GB
     tokens = {"img": seq["target"] + seq["edit"], "txt": seq["text"]}
     n = tokens["img"] + tokens["txt"]
-    # The LoRA layers cast their inputs to fp32 when the base computes in bf16.
-    lora_block = sum(tokens[k] * lora_width[k] for k in tokens) * 4
+    lora_block = sum(tokens[k] * lora_width[k] for k in tokens) * 4  # fp32
     full_block = n * d * ACTIVATION_VALUES * b + lora_block
     if s.gradient_checkpointing:
         acts = layers * n * d * b + full_block
     else:
         acts = layers * full_block
-    parts["activations"] = (acts + n * d * (BACKWARD_VALUES + OUTSIDE_VALUES) * b) / GB
+    parts["activations"] = (acts + n * d * (BACKWARD_VALUES + OUTSIDE_VALUES) * b
+                            + _rope_tables(model)) / GB
     training = sum(parts.values())
     encoding, encode_parts = _encoding_peak(model, s, edit_area)
     phase, peak, shown = ("training", training, parts) if training >= encoding else \
