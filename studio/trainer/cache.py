@@ -8,6 +8,7 @@ models are then dropped so that the transformer loop has the device to itself.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..engine.devices import free_memory
+from ..engine.savers import Savers, apply_text_encoder_savers
 from .data import Pair, reference_edit_size, sized_image
 from .run_files import replacing
 
@@ -37,16 +39,46 @@ def model_fingerprint(model_path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _component(model_path: Path, name: str, dtype: torch.dtype, device: torch.device):
+    """One component of the pipeline (as model_index.json names its class), loaded straight
+    onto `device`."""
+    library, class_name = json.loads((model_path / "model_index.json").read_text())[name]
+    cls = getattr(importlib.import_module(library), class_name)
+    return cls.from_pretrained(model_path / name, dtype=dtype, device_map={"": str(device)})
+
+
+def encoding_pipeline(model_path: Path, pipeline_class: str, device, dtype: torch.dtype,
+                      savers: Savers = Savers()):
+    """The pipeline without its transformer, its text encoder and VAE on `device` (the text
+    encoder with its savers: fp8 storage, or its layers waiting in host memory).
+
+    On an accelerator with no text-encoder saver, the two load straight onto the device: no
+    host copy of the 16 GB text encoder, once per process. A saver needs the text encoder in
+    host memory first (offload keeps it there; fp8 is cast there, so the device never holds
+    its bf16 weights)."""
+    import diffusers
+
+    model_path, device = Path(model_path), torch.device(device)
+    cls = getattr(diffusers, pipeline_class)
+    if device.type != "cpu" and not (savers.text_encoder_offload or savers.fp8_text_encoder):
+        return cls.from_pretrained(model_path, transformer=None, dtype=dtype,
+                                   text_encoder=_component(model_path, "text_encoder", dtype, device),
+                                   vae=_component(model_path, "vae", dtype, device))
+    pipe = cls.from_pretrained(model_path, transformer=None, dtype=dtype)
+    if not apply_text_encoder_savers(pipe.text_encoder, device, dtype, savers):
+        pipe.text_encoder.to(device)
+    pipe.vae.to(device)
+    return pipe
+
+
 class PairEncoder:
     """The pipeline without its transformer, turning a pair into training tensors."""
 
     def __init__(self, model_path: Path, pipeline_class: str, device, dtype: torch.dtype,
-                 max_pixels: int, fixed_size: tuple[int, int] | None, edit_auto_resize: bool):
-        import diffusers
-
-        cls = getattr(diffusers, pipeline_class)
+                 max_pixels: int, fixed_size: tuple[int, int] | None, edit_auto_resize: bool,
+                 savers: Savers = Savers()):
         self.plus = pipeline_class == "QwenImageEditPlusPipeline"
-        self.pipe = cls.from_pretrained(model_path, transformer=None, dtype=dtype).to(device)
+        self.pipe = encoding_pipeline(model_path, pipeline_class, device, dtype, savers)
         self.pipe.set_progress_bar_config(disable=True)
         self.device, self.dtype = device, dtype
         self.max_pixels, self.fixed_size, self.edit_auto_resize = max_pixels, fixed_size, edit_auto_resize
@@ -86,9 +118,8 @@ class PairEncoder:
         return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
     def release(self) -> None:
-        """Free the device for the transformer loop."""
-        self.pipe.to("cpu")
-        del self.pipe
+        """Free the device for the transformer loop (dropped, not copied back to the host)."""
+        self.pipe = None
         free_memory(self.device)
 
 

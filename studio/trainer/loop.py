@@ -18,12 +18,14 @@ from pathlib import Path
 import torch
 
 from studio.engine.devices import peak_memory_gb
+from studio.engine.savers import Savers
 
-from . import checkpoint, dist, faults, run_files, sample_render, samples, steplog, validation
+from . import (base_model, checkpoint, dist, faults, run_files, sample_render, samples, steplog,
+               validation)
 from .args import parse_args
 from .cache import EncodedCache, PairEncoder, model_fingerprint
 from .data import DatasetError, load_pairs, load_validation_pairs
-from .lora_io import LoraFormatError, add_lora, load_into, loaded, lora_parameters
+from .lora_io import LoraFormatError, load_into, loaded
 from .objective import sample_loss
 from .order import DataOrder
 from .schedule import TrainingSchedule
@@ -100,14 +102,17 @@ def _cache_root(args) -> Path:
 def _encoded_source(args, pairs, info, device, dtype, stop: StopFlag):
     """A function pair-index -> encoded tensors; fills the on-disk cache first."""
     fixed = (args.width, args.height) if args.width else None
+    savers = Savers.of(args)
     make_encoder = lambda: PairEncoder(info.path, info.pipeline_class, device, dtype,  # noqa: E731
-                                       args.max_pixels, fixed, args.edit_image_auto_resize)
+                                       args.max_pixels, fixed, args.edit_image_auto_resize, savers)
     if args.no_cache:
         encoder = make_encoder()
         return lambda i: encoder.encode(pairs[i])
     fp = model_fingerprint(info.path)
     settings = {"max_pixels": args.max_pixels, "fixed": fixed, "dtype": str(dtype),
                 "edit_auto_resize": args.edit_image_auto_resize, "pipeline": info.pipeline_class}
+    if savers.fp8_text_encoder:  # other encodings: cached apart (offload changes none of them,
+        settings["fp8_text_encoder"] = True  # and older caches keep their keys)
     cache = EncodedCache(_cache_root(args) / fp, fp, settings)
     keys = [cache.key(p) for p in pairs]
     missing = [i for i, k in enumerate(keys) if not cache.has(k)]
@@ -161,9 +166,12 @@ def _lr_scheduler(args, optimizer, total: int):
 
 def _oom_message(args) -> str:
     return ("out of memory. Try, in this order: a lower --max_pixels (now %d; MindSpeed-MM uses "
-            "262144), --use_gradient_checkpointing, --no-edit_image_auto_resize, a lower "
-            "--lora_rank, or DeepSpeed ZeRO-2 with optimizer offload (python -m "
-            "studio.trainer.accelerate_config --mode zero2 --offload_optimizer cpu)." % args.max_pixels)
+            "262144), --use_gradient_checkpointing, the memory savers (--fp8_base, or "
+            "--quantize_base int8 with bf16; --offload_blocks N to keep N blocks in host memory; "
+            "--text_encoder_offload or --fp8_text_encoder if encoding runs out), "
+            "--no-edit_image_auto_resize, a lower --lora_rank, or DeepSpeed ZeRO-2 with optimizer "
+            "offload (python -m studio.trainer.accelerate_config --mode zero2 --offload_optimizer "
+            "cpu; it takes none of the transformer savers)." % args.max_pixels)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -233,7 +241,6 @@ def _fill_in(output: Path, start: int, scored, validator, sampler, transformer, 
 
 def train(args) -> int:
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from diffusers import QwenImageTransformer2DModel
 
     from studio.engine.model_folder import inspect_model_folder
 
@@ -260,6 +267,12 @@ def train(args) -> int:
              ", DeepSpeed ZeRO-%s" % accelerator.state.deepspeed_plugin.zero_stage if deepspeed else "")
 
     info = inspect_model_folder(_model_folder(args.model_path))
+    savers, checkpointing, refused = base_model.plan(args, info.path, device, dtype,
+                                                     base_model.run_mode(deepspeed, world))
+    if refused:  # before the encoding, which takes minutes on a real dataset
+        raise TrainingError("these memory savers cannot train here: " + "; ".join(refused))
+    log.info("memory savers: %s; gradient checkpointing %s", savers.describe(),
+             "on" if checkpointing else "off")
     pairs = load_pairs(args.dataset_base_path, args.dataset_metadata_path)
     held_out = _held_out(args)
     crowded = [p for p in pairs + held_out if len(p.inputs) > info.max_images]
@@ -272,20 +285,13 @@ def train(args) -> int:
     # Validation prompts are encoded now, while the device has no transformer yet.
     sampler = sample_render.setup(args, info, device, dtype) if dist.is_main() else None
 
-    torch.manual_seed(args.seed)  # same LoRA init on every rank
-    transformer = QwenImageTransformer2DModel.from_pretrained(info.path / "transformer", dtype=dtype)
-    transformer.requires_grad_(False)
-    add_lora(transformer, args.lora_rank, args.lora_alpha, args.lora_target_modules)
-    params = list(lora_parameters(transformer).values())
-    for p in params:  # trainable weights in fp32 even when the base is bf16
-        p.data = p.data.float()
-        p.requires_grad_(True)
+    # Loaded where the savers place it, LoRA in fp32 on the device; never moved as a whole
+    # afterwards (that would undo block offload). Same LoRA init on every rank.
+    transformer, params = base_model.training_transformer(info.path, device, dtype, savers, args,
+                                                          checkpointing)
     if args.lora_checkpoint:
         n = load_into(transformer, args.lora_checkpoint, args.lora_rank, args.lora_alpha)
         log.info("started from %s (%d tensors)", args.lora_checkpoint, n)
-    if args.use_gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    transformer.to(device).train()
     if device.type == "npu":  # torch_npu's fused attention/RMSNorm, as the recipe's NPU patch
         from studio.engine.npu import apply_patches
 
@@ -307,7 +313,12 @@ def train(args) -> int:
         ds["train_micro_batch_size_per_gpu"] = 1  # one sample per device per step
         ds["gradient_accumulation_steps"] = gas
         ds["train_batch_size"] = gas * world
-    model, optimizer_w = accelerator.prepare(transformer, optimizer)
+    elif world > 1:
+        base_model.keep_frozen_out_of_ddp(transformer)
+    # The model is where its savers put it: accelerate must not move it (DeepSpeed, which takes
+    # no base savers, allows no say in placement).
+    model, optimizer_w = accelerator.prepare(
+        transformer, optimizer, device_placement=None if deepspeed else [False, False])
     engine = model if deepspeed else None
 
     ckpt_info = {"lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "seed": args.seed,

@@ -21,7 +21,9 @@ from PIL import Image
 
 from ..engine.devices import free_memory
 from ..engine.encoding_memo import EncodingMemo
+from ..engine.savers import Savers
 from . import faults, samples
+from .cache import encoding_pipeline
 from .data import Pair, load_validation_pairs, sized_image, target_size
 
 log = logging.getLogger("studio.trainer")
@@ -37,13 +39,14 @@ def validation_pairs(args) -> list[Pair]:
 class SampleRenderer:
     def __init__(self, model_path: Path, pipeline_class: str, pairs: list[Pair], device,
                  dtype: torch.dtype, max_pixels: int, fixed: tuple[int, int] | None,
-                 inference_steps: int, true_cfg_scale: float):
+                 inference_steps: int, true_cfg_scale: float, savers: Savers = Savers()):
         import diffusers
 
         self.cls = getattr(diffusers, pipeline_class)
         self.plus = pipeline_class == "QwenImageEditPlusPipeline"
         self.device, self.steps, self.cfg = device, inference_steps, true_cfg_scale
-        pipe = self.cls.from_pretrained(model_path, transformer=None, dtype=dtype).to(device)
+        # The text encoder with the run's savers, as for the training pairs.
+        pipe = encoding_pipeline(model_path, pipeline_class, device, dtype, savers)
         self.items = []
         for pair in pairs:
             # The same sizing the training pairs get (max_pixels, or the fixed size).
@@ -142,7 +145,7 @@ def setup(args, info, device, dtype) -> SampleRenderer | None:
         fixed = (args.width, args.height) if args.width else None
         renderer = SampleRenderer(info.path, info.pipeline_class, pairs, device, dtype,
                                   args.max_pixels, fixed, args.sample_inference_steps,
-                                  args.sample_true_cfg_scale)
+                                  args.sample_true_cfg_scale, Savers.of(args))
         log.info("sample edits: %d validation pair(s), %d steps, true_cfg_scale %g, %s",
                  len(pairs), args.sample_inference_steps, args.sample_true_cfg_scale,
                  f"every {args.sample_steps} steps" if args.sample_steps else "at each checkpoint")
