@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..lora_targets import DEFAULT_TARGETS
 from ..savers import Savers, skip_patterns
 from .weights import Tensor, linear_modules, stored_bytes, tensors
 
@@ -154,8 +155,6 @@ def _lora(items: tuple[Tensor, ...], targets: str, rank: int,
     """LoRA values in total, and per stream the fp32 width its saved tensors add per token:
     A's output (rank), and A's input when peft casts it to fp32 (`input_copies`: a bf16 base;
     on an fp32 base the cast is a no-op and A saves the tensor the base layer saved)."""
-    from studio.trainer.args import DEFAULT_TARGETS  # noqa: PLC0415 - one list of targets
-
     names = [n for n in (targets or DEFAULT_TARGETS).split(",") if n]
     shapes = {t.module: t.shape for t in items if t.name.endswith(".weight") and len(t.shape) == 2}
     values, width = 0, {"img": 0, "txt": 0}
