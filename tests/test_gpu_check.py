@@ -46,3 +46,26 @@ def test_batched_cfg_matches_two_separate_calls():
     with torch.inference_mode():
         unmasked = gpu_check.step_batched(model, x)
     assert not torch.allclose(unmasked, separate, rtol=1e-4, atol=1e-5)
+
+
+def test_memory_section_runs_every_card_preset_in_smoke_mode(tmp_path):
+    """The CPU smoke run of the memory section: each CUDA card preset placed by the trainer's
+    loader with its savers (offload scaled to the 2 layers), trained a step, its plan beside
+    it; no allocator meter on CPU, so no peak and no plan error."""
+    import json
+
+    out = tmp_path / "gpu_check.json"
+    gpu_check.main(["--device", "cpu", "--layers", "2", "--size", "256", "--skip-infer",
+                    "--skip-train", "--out", str(out)])
+    results = json.loads(out.read_text())["results"]
+    rows = [r for r in results if r["bench"] == "gpu_memory_preset"]
+    assert [r["card_gb"] for r in rows] == [24, 32, 48, 80]
+    assert rows[0]["measured_savers"] == "fp8 base, 1 blocks offloaded"
+    assert rows[2]["measured_as"] == "One 32 GB GPU"  # same savers and setting as the 32 GB one
+    for r in rows:
+        assert "error" not in r and r["loss_finite"] and r["samples_per_s"] > 0
+        assert r["plan_phase"] == "training" and r["plan_gib"] > 15  # the real model's plan
+        assert r["peak_gib"] is None and r["plan_rel_error"] is None and r["fits"] is None
+    summary = next(r for r in results if r["bench"] == "gpu_memory_summary")
+    assert summary["presets"] == [r["case"] for r in rows]
+    assert summary["small_card_meets_goal"] is None  # a reduced model says nothing of speed
