@@ -414,23 +414,15 @@ def accelerate_forward(model, device: torch.device, dtype: torch.dtype) -> None:
 
 
 def trainable_lora(model, rank: int, targets: str, device) -> list[torch.nn.Parameter]:
-    """LoRA as the trainer adds it: on the frozen base, every LoRA tensor fp32 on the device
-    (also in offloaded blocks, where peft would leave it in host memory), A Kaiming-uniform
-    and B zero as peft initialises them."""
-    import math
-
+    """LoRA as the trainer adds it (studio.trainer.base_model): on the frozen base, every LoRA
+    tensor fp32 on the device, also in offloaded blocks."""
+    from studio.trainer.base_model import fresh_lora
     from studio.trainer.lora_io import add_lora, lora_parameters
 
     model.requires_grad_(False)
     add_lora(model, rank, float(rank), targets)  # alpha: the rank, the trainer's default
-    gen = torch.Generator().manual_seed(0)
     params = lora_parameters(model)
-    for name, p in params.items():
-        value = torch.zeros(p.shape, dtype=torch.float32)
-        if ".lora_A." in name:
-            torch.nn.init.kaiming_uniform_(value, a=math.sqrt(5), generator=gen)
-        p.data = value.to(device)
-        p.requires_grad_(True)
+    fresh_lora(params, device, seed=0)
     return list(params.values())
 
 
