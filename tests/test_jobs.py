@@ -10,6 +10,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from studio.store import Store, now
 from studio.trainer import run_files
@@ -45,7 +47,7 @@ def trainer_pids(run) -> list[int]:
 
 def test_runs_queue_finish_register_adapters_and_survive_a_studio_restart(jobs, demo_model):
     first = jobs.submit("p", options(demo_model, max_steps=4, save_steps=2))
-    second = jobs.submit("p", options(demo_model, max_steps=2, save_steps=2))
+    second = jobs.submit("p", options(demo_model, max_steps=4, save_steps=2))
     assert first["status"] == "running" and second["status"] == "queued"  # both want the CPU
     assert "accelerate.commands.launch" in first["command"] and "-m studio.trainer" in first["command"]
 
@@ -65,6 +67,17 @@ def test_runs_queue_finish_register_adapters_and_survive_a_studio_restart(jobs, 
     # The queue moved on by itself: the second run started once the CPU was free.
     assert restarted.wait(second["id"], timeout=240)["status"] == "finished"
     assert restarted.runs.get(second["id"])["started_at"] >= done["ended_at"]
+
+    # The second run linked the project's images, encoded nothing (the project's cache) and,
+    # with the same settings and seed, trained the same LoRA bit for bit.
+    one, two = (Path(restarted.runs.get(r["id"])["run_dir"]) for r in (first, second))
+    assert all(f.stat().st_nlink >= 2 for f in (two / "dataset" / "images").iterdir())
+    assert "images hard-linked from the project" in (two / "train.log").read_text()
+    first_log, second_log = ((d / "output" / "train.log").read_text() for d in (one, two))
+    assert "encoding 4 of 4 pairs" in first_log and "encoding" not in second_log
+    assert "all 4 pairs found in the cache" in second_log
+    a, b = (load_file(d / "output" / "final.safetensors") for d in (one, two))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_stop_saves_a_checkpoint_and_resume_finishes_the_same_run(jobs, demo_model):

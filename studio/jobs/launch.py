@@ -132,7 +132,8 @@ def main_address(opts: TrainOptions) -> str | None:
     return "set-by-slurm" if opts.launcher == "slurm" and opts.num_machines > 1 else None
 
 
-def trainer_args(opts: TrainOptions, dataset_dir: Path, output_dir: Path, resume: bool) -> list[str]:
+def trainer_args(opts: TrainOptions, dataset_dir: Path, output_dir: Path, resume: bool,
+                 cache_dir: Path | None = None) -> list[str]:
     args = ["--model_path", opts.model, "--dataset_base_path", str(dataset_dir),
             "--output_path", str(output_dir), "--num_epochs", str(opts.num_epochs),
             "--lora_rank", str(opts.lora_rank), "--learning_rate", str(opts.learning_rate),
@@ -175,15 +176,18 @@ def trainer_args(opts: TrainOptions, dataset_dir: Path, output_dir: Path, resume
              "--max_samples", str(opts.max_samples)]
     if opts.device == "cpu":
         args += ["--device", "cpu"]
+    if cache_dir is not None:
+        args += ["--cache_path", str(cache_dir)]
     if resume:
         args.append("--resume")
     return args
 
 
 def launch_command(opts: TrainOptions, config_file: Path, dataset_dir: Path, output_dir: Path,
-                   resume: bool = False, python: str = sys.executable) -> list[str]:
+                   resume: bool = False, python: str = sys.executable,
+                   cache_dir: Path | None = None) -> list[str]:
     return [python, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-            "-m", "studio.trainer", *trainer_args(opts, dataset_dir, output_dir, resume)]
+            "-m", "studio.trainer", *trainer_args(opts, dataset_dir, output_dir, resume, cache_dir)]
 
 
 def launch_env(opts: TrainOptions) -> dict[str, str]:

@@ -28,7 +28,8 @@ def command(opts: TrainOptions, folder: Path, run_id: int, resume: bool) -> tupl
     """(what to execute, what to show) for this run's layout."""
     if opts.num_machines == 1:
         cmd = launch.launch_command(opts, run_folder.config(folder), run_folder.dataset(folder),
-                                    run_folder.output(folder), resume=resume)
+                                    run_folder.output(folder), resume=resume,
+                                    cache_dir=run_folder.encode_cache(folder))
         return cmd, launch.shell_line(cmd, launch.launch_env(opts))
     if opts.launcher == "manual":
         cmd = multinode.node_command(opts, folder, 0, opts.main_ip, resume, sys.executable)

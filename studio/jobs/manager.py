@@ -60,8 +60,10 @@ class JobManager:
         run_dir = run_dir or Path("<run folder>")
         opts = self._start_lora(opts)
         config = launch.accelerate_config(opts)
+        cache = run_folder.encode_cache(run_dir) if run_dir.is_absolute() else \
+            Path("<project>") / run_folder.ENCODE_CACHE
         command = launch.launch_command(opts, run_folder.config(run_dir), run_folder.dataset(run_dir),
-                                        run_folder.output(run_dir))
+                                        run_folder.output(run_dir), cache_dir=cache)
         env = launch.launch_env(opts)
         return {"command": command, "env": env, "accelerate_config": config,
                 "shell": launch.shell_line(command, env)}

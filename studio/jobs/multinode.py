@@ -44,7 +44,8 @@ def node_command(opts: TrainOptions, run_dir: Path, rank: int | str, main_ip: st
                  resume: bool = False, python: str = "python") -> list[str]:
     """The launch for one node; `rank`/`main_ip` may be shell expressions such as $SLURM_NODEID."""
     command = launch_command(opts, run_folder.config(run_dir), run_folder.dataset(run_dir),
-                             run_folder.output(run_dir), resume=resume, python=python)
+                             run_folder.output(run_dir), resume=resume, python=python,
+                             cache_dir=run_folder.encode_cache(run_dir))
     at = command.index("--config_file") + 2
     return [*command[:at], "--machine_rank", str(rank), "--main_process_ip", main_ip,
             "--main_process_port", str(opts.main_port), *command[at:]]

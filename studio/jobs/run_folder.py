@@ -7,6 +7,9 @@ folder inside it has its own: studio/trainer/run_files.py).
     exit.json                 {"code", "ended_at"}: the supervisor, when the last process ended
     nodes/                    one log and exit file per node of a multi-node run
     output/                   the trainer's output folder
+
+The encoded-pair cache is the project's, beside its runs (<project>/encode_cache/), shared by
+every run of the project: it is keyed by the pairs' content, the model and the settings.
 """
 from __future__ import annotations
 
@@ -30,6 +33,14 @@ def config(folder: Path) -> Path:
 
 def output(folder: Path) -> Path:
     return Path(folder) / OUTPUT
+
+
+ENCODE_CACHE = "encode_cache"
+
+
+def encode_cache(folder: Path) -> Path:
+    """The project's cache, for the run folder <project>/runs/<id>."""
+    return Path(folder).parent.parent / ENCODE_CACHE
 
 
 def nodes(folder: Path) -> Path:
