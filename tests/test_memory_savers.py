@@ -134,6 +134,20 @@ def test_load_transformer_equals_from_pretrained(demo_model, savers):
     assert torch.equal(_outputs(loaded), _outputs(reference))
 
 
+def test_the_text_encoder_loaded_straight_to_the_device_is_the_pipeline_s_own(demo_model):
+    """What the encoding loads on an accelerator when no text-encoder saver is asked (here on
+    the CPU, the only device there is)."""
+    from diffusers import QwenImageEditPipeline
+
+    from studio.trainer.cache import load_component
+
+    direct = load_component(demo_model, "text_encoder", torch.float32, torch.device("cpu"))
+    own = QwenImageEditPipeline.from_pretrained(demo_model, transformer=None).text_encoder
+    assert type(direct) is type(own)
+    expected, got = own.state_dict(), direct.state_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+
+
 def test_fp8_text_encoder_is_cached_apart_and_text_encoder_offload_is_not(demo_model, tmp_path):
     from studio.engine.model_folder import inspect_model_folder
     from studio.trainer.args import parse_args

@@ -39,7 +39,7 @@ def model_fingerprint(model_path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _component(model_path: Path, name: str, dtype: torch.dtype, device: torch.device):
+def load_component(model_path: Path, name: str, dtype: torch.dtype, device: torch.device):
     """One component of the pipeline (as model_index.json names its class), loaded straight
     onto `device`."""
     library, class_name = json.loads((model_path / "model_index.json").read_text())[name]
@@ -49,25 +49,22 @@ def _component(model_path: Path, name: str, dtype: torch.dtype, device: torch.de
 
 def encoding_pipeline(model_path: Path, pipeline_class: str, device, dtype: torch.dtype,
                       savers: Savers = Savers()):
-    """The pipeline without its transformer, its text encoder and VAE on `device` (the text
-    encoder with its savers: fp8 storage, or its layers waiting in host memory).
+    """The pipeline without its transformer, its text encoder (with its savers: fp8 storage,
+    or its layers waiting in host memory) and VAE on `device`.
 
-    On an accelerator with no text-encoder saver, the two load straight onto the device: no
-    host copy of the 16 GB text encoder, once per process. A saver needs the text encoder in
-    host memory first (offload keeps it there; fp8 is cast there, so the device never holds
-    its bf16 weights)."""
+    On an accelerator with no text-encoder saver, the text encoder loads straight onto the
+    device: no host copy of its 16 GB, once per process. A saver needs it in host memory first
+    (offload keeps it there; fp8 is cast there, so the device never holds its bf16 weights)."""
     import diffusers
 
     model_path, device = Path(model_path), torch.device(device)
-    cls = getattr(diffusers, pipeline_class)
-    if device.type != "cpu" and not (savers.text_encoder_offload or savers.fp8_text_encoder):
-        return cls.from_pretrained(model_path, transformer=None, dtype=dtype,
-                                   text_encoder=_component(model_path, "text_encoder", dtype, device),
-                                   vae=_component(model_path, "vae", dtype, device))
-    pipe = cls.from_pretrained(model_path, transformer=None, dtype=dtype)
-    if not apply_text_encoder_savers(pipe.text_encoder, device, dtype, savers):
+    direct = device.type != "cpu" and not (savers.text_encoder_offload or savers.fp8_text_encoder)
+    given = {"text_encoder": load_component(model_path, "text_encoder", dtype, device)} if direct else {}
+    pipe = getattr(diffusers, pipeline_class).from_pretrained(model_path, transformer=None,
+                                                              dtype=dtype, **given)
+    if not direct and not apply_text_encoder_savers(pipe.text_encoder, device, dtype, savers):
         pipe.text_encoder.to(device)
-    pipe.vae.to(device)
+    pipe.vae.to(device)  # small: from host memory
     return pipe
 
 
