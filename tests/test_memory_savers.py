@@ -236,7 +236,7 @@ def test_combinations_that_cannot_work_are_refused_before_encoding(demo_model, t
     assert proc.returncode == 2, proc.stderr[-2000:]
     error = run_files.read_error(out)
     for why in ("choose one",                       # fp8 and int8 together
-                "set mixed precision to bf16",      # int8 in fp32 (the CPU default)
+                "computes in bf16",                 # int8 in fp32 (the CPU default)
                 "has 2 transformer blocks; cannot offload 99",
                 "need gradient checkpointing"):
         assert why in error, (why, error)
