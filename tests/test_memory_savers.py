@@ -242,3 +242,22 @@ def test_combinations_that_cannot_work_are_refused_before_encoding(demo_model, t
         assert why in error, (why, error)
     assert not (ds / ".studio_cache").exists() and "encoding" not in _log(out)
     assert time.perf_counter() - started < 60
+
+
+@slow
+def test_the_plan_heads_the_log_and_a_run_that_will_not_fit_stops_unless_overridden(
+        demo_model, tmp_path, plain):
+    # The plain run's log starts with its plan and the verdict on this machine.
+    head = _log(plain)
+    assert "memory plan:" in head and "memory plan on cpu: fits" in head
+    assert head.index("memory plan:") < head.index("training ")
+    ds = make_dataset(tmp_path / "ds", n=1)
+    # 4 GP targets in fp32 without checkpointing: the demo's planned activations alone exceed
+    # this machine's RAM (its images are 64x64, so an overridden run trains normally).
+    huge = ("--max_pixels", 4 * 10**9, "--max_steps", 1, "--sample_steps", 0, "--no-validation_loss")
+    refused = run_trainer(demo_model, ds, tmp_path / "refused", *huge, check=False)
+    assert refused.returncode == 2
+    assert "will not fit" in run_files.read_error(tmp_path / "refused") and \
+        "host RAM" in run_files.read_error(tmp_path / "refused")
+    run_trainer(demo_model, ds, tmp_path / "forced", *huge, "--ignore_memory_plan")
+    assert (tmp_path / "forced" / run_files.FINAL).is_file()

@@ -35,6 +35,22 @@ def plan(args, model_path: Path, device: torch.device, dtype: torch.dtype,
     return savers, checkpointing, found
 
 
+def memory_plan(args, model_path: Path, device: torch.device, dtype: torch.dtype, mode: str,
+                world: int):
+    """(plan, verdict) of this run on this process's device and node."""
+    import os
+
+    from studio.engine.memory.plan import TrainSetting, train_plan
+    from studio.engine.memory.verdict import budget, train_verdict
+
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    setting = TrainSetting.of(args, device=device.type, mode=mode, processes_per_node=per_node,
+                              num_machines=max(1, world // per_node),
+                              dtype_bytes=torch.empty(0, dtype=dtype).element_size())
+    planned = train_plan(model_path, setting)
+    return planned, train_verdict(model_path, setting, planned, budget(str(device)))
+
+
 def fresh_lora(params: dict[str, torch.nn.Parameter], device, seed: int) -> None:
     """Every LoRA tensor in fp32 on the device, initialised from `seed` as peft initialises it
     (A Kaiming-uniform, B zero). Done here and not left to peft, which casts a new adapter to

@@ -239,6 +239,20 @@ def _fill_in(output: Path, start: int, scored, validator, sampler, transformer, 
     dist.barrier()
 
 
+def _check_memory(args, model_path, device, dtype, mode: str, world: int) -> None:
+    """The memory plan at the top of the log; a run it says will not fit stops here, on every
+    rank, unless --ignore_memory_plan."""
+    planned, verdict = base_model.memory_plan(args, model_path, device, dtype, mode, world)
+    if dist.is_main():
+        for line in planned.lines():
+            log.info("%s", line)
+        log.info("memory plan on %s: %s", device, verdict.message)
+    if dist.any_true(not verdict.fits and not args.ignore_memory_plan):
+        reason = verdict.message if not verdict.fits else "another process's device will not fit"
+        raise TrainingError(f"the memory plan says this run will not fit: {reason}. Turn on the "
+                            f"savers it names, or start anyway with --ignore_memory_plan.")
+
+
 def train(args) -> int:
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
@@ -273,6 +287,7 @@ def train(args) -> int:
         raise TrainingError("these memory savers cannot train here: " + "; ".join(refused))
     log.info("memory savers: %s; gradient checkpointing %s", savers.describe(),
              "on" if checkpointing else "off")
+    _check_memory(args, info.path, device, dtype, base_model.run_mode(deepspeed, world), world)
     pairs = load_pairs(args.dataset_base_path, args.dataset_metadata_path)
     held_out = _held_out(args)
     crowded = [p for p in pairs + held_out if len(p.inputs) > info.max_images]
