@@ -33,8 +33,10 @@ class RunPlan:
 def run_plan(opts: TrainOptions, model: Path) -> RunPlan:
     s = setting(opts)
     plan = train_plan(model, s)
-    local = opts.num_machines == 1
-    return RunPlan(plan, train_verdict(model, s, plan, budget(opts.device)) if local else None)
+    have = budget(opts.device)
+    # Checked only where the run's devices are this machine's: one node, and its kind visible.
+    local = opts.num_machines == 1 and (opts.device == "cpu" or bool(have.device_gb))
+    return RunPlan(plan, train_verdict(model, s, plan, have) if local else None)
 
 
 def check(opts: TrainOptions, model: Path) -> RunPlan | None:
