@@ -113,3 +113,13 @@ def test_studio_edit_plan_prints_the_plan_and_edits_nothing(demo_model, tmp_path
     out = capsys.readouterr().out
     assert code == 0 and "memory plan:" in out and "at the editing peak" in out and "fits" in out
     assert not list(tmp_path.glob("*.png"))[1:]  # only the input: nothing was edited
+
+
+def test_a_gpu_run_planned_on_a_machine_without_one_gets_a_plan_but_no_verdict(real_shapes):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the verdict applies")
+    planned = memory.run_plan(preset("One 24 GB GPU"), real_shapes)
+    assert planned.verdict is None and planned.plan.device_gb > 10
+    assert "memory plan:" in planned.text() and "FIT" not in planned.text()
