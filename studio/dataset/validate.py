@@ -1,6 +1,15 @@
-"""Validating a whole project on demand: re-check every pair and record what was found."""
+"""Validating a project's pairs: every pair on demand (`validate_project`), and at launch
+only what may have changed (`check_for_launch`).
+
+A full check of a pair (its row, its files, duplicates) at some max_pixels is stored with
+its issues (the `checked_pixels` mark); editing the pair clears the mark. A launch re-checks
+the pairs not marked at its max_pixels, plus the whole-project checks that no mark can
+vouch for, which read no image: duplicates (one query) and missing files (one listing per
+image folder).
+"""
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -16,6 +25,7 @@ class ValidationReport:
     warnings: int = 0
     errors: int = 0
     problems: list[dict] = field(default_factory=list)  # {id, sample_id, level, message}
+    rechecked: int = 0  # pairs whose issues were computed now (the others' were stored)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -40,25 +50,88 @@ class ValidationReport:
 def validate_project(store: Store, project: str, max_pixels: int = DEFAULT_MAX_PIXELS,
                      progress: Callable[[int, int], None] | None = None) -> ValidationReport:
     """Recompute every pair's issues (sizes, instruction, missing files, duplicates) and store them."""
-    pairs = store.pairs
     report = ValidationReport(project)
+    _check(store, project, max_pixels, report, _duplicates(store, project),
+           _Files(store.project_dir(project)), progress=progress)
+    report.rechecked = report.pairs
+    return report
+
+
+def check_for_launch(store: Store, project: str, max_pixels: int) -> ValidationReport:
+    """Every pair's issues as a run at `max_pixels` would see them, computed again only where
+    the stored ones may be stale. Counts cover every pair; `problems` lists the errors (what
+    stops a launch), not the warnings of pairs that were not re-checked."""
+    pairs = store.pairs
+    # Marks cannot vouch for files or for other pairs: pairs with a file gone, pairs in a
+    # duplicate group, and stored errors (a file may be back) are checked again.
+    duplicates, files = _duplicates(store, project), _Files(store.project_dir(project))
+    stale = missing_files(store, project, files) | set(duplicates)
+    stale |= {row["id"] for row in pairs.stored_issues(project, "error")}
+    pairs.set_checked(stale, None)
+    checked = ValidationReport(project)
+    _check(store, project, max_pixels, checked, duplicates, files, only_unchecked=True)
+    counts = pairs.counts(project)
+    report = ValidationReport(project, counts["total"], counts["ok"], counts["warning"],
+                              counts["error"], rechecked=checked.pairs)
+    report.problems = [{"id": row["id"], "sample_id": row["sample_id"], **found}
+                       for row in pairs.stored_issues(project, "error")
+                       for found in row["issues"] if found["level"] == "error"]
+    return report
+
+
+class _Files:
+    """Which image files are on disk, from one listing per folder (images/ab/…): metadata
+    only, no image opened or stat'ed one by one."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.listed: dict[str, set[str]] = {}
+
+    def __contains__(self, relative: str | None) -> bool:
+        parent, _, name = (relative or "").rpartition("/")
+        if parent not in self.listed:
+            self.listed[parent] = _files_in(self.folder / parent)
+        # A file written after its folder was listed (an import meanwhile) is not missing:
+        # what the listing lacks is asked for again, one stat each (missing files are rare).
+        return bool(name) and (name in self.listed[parent] or (self.folder / relative).is_file())
+
+
+def _files_in(folder) -> set[str]:
+    try:
+        with os.scandir(folder) as entries:
+            return {entry.name for entry in entries if entry.is_file()}
+    except OSError:  # no such folder: none of its files are there
+        return set()
+
+
+def missing_files(store: Store, project: str, files: _Files | None = None) -> set[int]:
+    """The ids of pairs with an image file that is not on disk."""
+    files = files or _Files(store.project_dir(project))
+    return {pair_id for pair_id, paths in store.pairs.image_paths(project)
+            if not all(path in files for path in paths)}
+
+
+def _check(store: Store, project: str, max_pixels: int, report: ValidationReport,
+           duplicates: dict[int, str], files: _Files, only_unchecked: bool = False,
+           progress: Callable[[int, int], None] | None = None) -> None:
+    """Check every pair (or those not checked at max_pixels since they changed), store the
+    issues and the mark, and add each pair to the report."""
+    pairs = store.pairs
     total = pairs.count(project)
-    duplicates = {}
-    for group in pairs.duplicate_groups(project):
-        for pair_id, _ in group:
-            duplicates[pair_id] = ", ".join(s for i, s in group if i != pair_id)
     last = 0
     while True:
         # A batch is read, checked and written back in one transaction, so an instruction
         # rewritten meanwhile never gets the issues of its old text.
         with store.write():
-            batch = pairs.batch_after(project, last)
-            found = [_issues(pairs, project, pair, duplicates.get(pair["id"]), max_pixels)
-                     for pair in batch]
+            batch = pairs.batch_after(project, last,
+                                      not_checked_at=max_pixels if only_unchecked else None)
+            found = [_issues(pair, files, duplicates.get(pair["id"]), max_pixels) for pair in batch]
             pairs.set_issues([(pair["id"], issues) for pair, issues in zip(batch, found)
-                              if issues != pair["issues"]])
+                              if issues != pair["issues"]], checked_pixels=max_pixels)
+            pairs.set_checked([pair["id"] for pair, issues in zip(batch, found)
+                               if issues == pair["issues"]], max_pixels)
         if not batch:
-            return report
+            return
         for pair, issues in zip(batch, found):
             report.add(pair, issues)
         last = batch[-1]["id"]
@@ -66,11 +139,17 @@ def validate_project(store: Store, project: str, max_pixels: int = DEFAULT_MAX_P
             progress(report.pairs, total)
 
 
-def _issues(pairs, project: str, pair: dict, duplicate_of: str | None, max_pixels: int) -> list[dict]:
+def _duplicates(store: Store, project: str) -> dict[int, str]:
+    """Pair id -> the sample ids of the pairs sharing both its images."""
+    return {pair_id: ", ".join(s for i, s in group if i != pair_id)
+            for group in store.pairs.duplicate_groups(project) for pair_id, _ in group}
+
+
+def _issues(pair: dict, files: _Files, duplicate_of: str | None, max_pixels: int) -> list[dict]:
     issues = pair_issues(pair, max_pixels)
     for role, relative in [("source", pair["source_path"]), ("target", pair["target_path"]),
                            *[("extra source", p) for p in pair["extra_sources"]]]:
-        if not relative or not pairs.path(project, relative).is_file():
+        if relative not in files:
             issues.append(issue("error", f"{role} image file is missing: {relative}"))
     if duplicate_of:
         issues.append(issue("warning", f"duplicate: same source and target images as {duplicate_of}"))

@@ -81,9 +81,12 @@ class JobManager:
         if not self.store.pairs.count(project):
             raise ValueError(f"project {project!r} has no pairs to train on; add some in the Dataset tab")
         memory.check(opts, Path(opts.model))
-        from ..dataset.validate import validate_project
+        from ..dataset.validate import check_for_launch
 
-        report = validate_project(self.store, project, max_pixels=opts.max_pixels)
+        # Stored issues are reused; only pairs changed since their last check at this
+        # max_pixels are checked again, with the files and duplicates of all (no image read).
+        # A file deleted after this check fails the run's export, naming the pair.
+        report = check_for_launch(self.store, project, max_pixels=opts.max_pixels)
         if report.errors:
             bad = [f"pair {p['id']} ({p['sample_id']}): {p['message']}"
                    for p in report.problems if p["level"] == "error"]

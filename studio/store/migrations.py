@@ -84,6 +84,13 @@ def _v5_scheduler_jobs(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("scheduler_job", str)
 
 
+def _v6_checked_pixels(db: sqlite_utils.Database) -> None:
+    """The max_pixels a pair's stored issues were fully checked at (NULL: not since it last
+    changed), so a launch re-checks only the pairs that changed (studio/dataset/validate.py)."""
+    db["pairs"].add_column("checked_pixels", int)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1_initial, _v2_pair_curation, _v3_edit_kinds, _v4_run_jobs, _v5_scheduler_jobs]
+    _v1_initial, _v2_pair_curation, _v3_edit_kinds, _v4_run_jobs, _v5_scheduler_jobs,
+    _v6_checked_pixels]
 SCHEMA_VERSION = len(MIGRATIONS)

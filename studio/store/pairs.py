@@ -24,8 +24,9 @@ def status_of(issues: list[dict[str, str]]) -> str:
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
     for column, empty in _JSON_COLUMNS.items():
-        value = row.get(column)
-        row[column] = json.loads(value) if value else type(empty)()
+        if column in row:  # a read of some columns decodes those
+            value = row[column]
+            row[column] = json.loads(value) if value and value != "[]" else type(empty)()
     return row
 
 
@@ -107,19 +108,34 @@ class Pairs:
         return candidate
 
     def set_instructions(self, updates: Iterable[tuple[int, str, list[dict[str, str]]]]) -> None:
-        """(pair id, instruction, its re-checked issues) for many pairs in one transaction."""
+        """(pair id, instruction, its re-checked issues) for many pairs in one transaction.
+        The pair is marked unchecked: its files and duplicates are checked again at launch."""
         with self.store.write():
             self.db.conn.executemany(
-                "UPDATE pairs SET instruction = ?, issues = ?, status = ?, updated_at = ? WHERE id = ?",
+                "UPDATE pairs SET instruction = ?, issues = ?, status = ?, updated_at = ?, "
+                "checked_pixels = NULL WHERE id = ?",
                 [(text, json.dumps(issues, ensure_ascii=False), status_of(issues), now(), pair_id)
                  for pair_id, text, issues in updates])
 
-    def set_issues(self, updates: Iterable[tuple[int, list[dict[str, str]]]]) -> None:
+    def set_issues(self, updates: Iterable[tuple[int, list[dict[str, str]]]],
+                   checked_pixels: int | None = None) -> None:
+        """`checked_pixels`: the max_pixels these issues are every check's at (files and
+        duplicates included); None where they are not, so a launch checks the pairs again."""
         with self.store.write():
             self.db.conn.executemany(
-                "UPDATE pairs SET issues = ?, status = ? WHERE id = ?",
-                [(json.dumps(issues, ensure_ascii=False), status_of(issues), pair_id)
+                "UPDATE pairs SET issues = ?, status = ?, checked_pixels = ? WHERE id = ?",
+                [(json.dumps(issues, ensure_ascii=False), status_of(issues), checked_pixels, pair_id)
                  for pair_id, issues in updates])
+
+    def set_checked(self, pair_ids: Iterable[int], max_pixels: int | None) -> None:
+        """Pairs whose stored issues a full check at `max_pixels` found right (None: pairs
+        to check again)."""
+        pair_ids = list(pair_ids)
+        with self.store.write():
+            for start in range(0, len(pair_ids), 500):
+                chunk = pair_ids[start:start + 500]
+                self.db.execute(f"UPDATE pairs SET checked_pixels = ? WHERE id IN "
+                                f"({','.join('?' * len(chunk))})", [max_pixels, *chunk])
 
     def set_split(self, project: str, pair_ids: list[int], split: str) -> int:
         if split not in SPLITS:
@@ -216,30 +232,70 @@ class Pairs:
         return pair
 
     def iterate(self, project: str, batch: int = 1000, split: str | None = None,
-                search: str | None = None) -> Iterator[dict[str, Any]]:
+                search: str | None = None, columns: list[str] | None = None,
+                not_checked_at: int | None = None) -> Iterator[dict[str, Any]]:
         """Every pair (or those page() would find), in id order, read in keyset batches
-        (constant memory)."""
+        (constant memory). `columns`: only these (and id); `not_checked_at`: only the pairs
+        whose issues were not fully checked at that max_pixels since they last changed."""
         last = 0
-        while rows := self.batch_after(project, last, batch, split, search):
+        while rows := self.batch_after(project, last, batch, split, search, columns, not_checked_at):
             yield from rows
             last = rows[-1]["id"]
 
     def batch_after(self, project: str, last: int, batch: int = 1000, split: str | None = None,
-                    search: str | None = None) -> list[dict[str, Any]]:
-        """The next `batch` pairs with ids above `last`, in id order."""
+                    search: str | None = None, columns: list[str] | None = None,
+                    not_checked_at: int | None = None) -> list[dict[str, Any]]:
+        """The next `batch` pairs with ids above `last`, in id order (see iterate)."""
         where, params = self._where(self.project_id(project), search, split, None)
+        if not_checked_at is not None:
+            where += " AND checked_pixels IS NOT ?"
+            params.append(int(not_checked_at))
+        if columns:
+            known = set(self.db["pairs"].columns_dict)
+            if not set(columns) <= known:  # names go into the SQL text: only real columns
+                raise ValueError(f"not columns of pairs: {sorted(set(columns) - known)}")
+        selected = ", ".join(["id", *(c for c in columns if c != "id")]) if columns else "*"
         with self._lock:
             rows = self.db.execute_returning_dicts(
-                f"SELECT * FROM pairs WHERE {where} AND id > ? ORDER BY id LIMIT ?",
+                f"SELECT {selected} FROM pairs WHERE {where} AND id > ? ORDER BY id LIMIT ?",
                 [*params, last, batch])
+        return [_decode(row) for row in rows]
+
+    def image_paths(self, project: str, batch: int = 10000) -> Iterator[tuple[int, list[str]]]:
+        """(pair id, its image paths: source, target, extra sources) of every pair; plain
+        tuples in keyset batches, as this runs over every pair at each launch."""
+        pid, last = self.project_id(project), 0
+        while True:
+            with self._lock:
+                rows = self.db.execute(
+                    "SELECT id, source_path, target_path, extra_sources FROM pairs "
+                    "WHERE project_id = ? AND id > ? ORDER BY id LIMIT ?", [pid, last, batch]).fetchall()
+            if not rows:
+                return
+            for pair_id, source, target, extras in rows:
+                yield pair_id, [source, target, *(json.loads(extras) if extras and extras != "[]" else [])]
+            last = rows[-1][0]
+
+    def stored_issues(self, project: str, status: str) -> list[dict[str, Any]]:
+        """{id, sample_id, issues} of the pairs whose stored status is `status`."""
+        pid = self.project_id(project)
+        with self._lock:
+            rows = self.db.execute_returning_dicts(
+                "SELECT id, sample_id, issues FROM pairs WHERE project_id = ? AND status = ? "
+                "ORDER BY id", [pid, status])
         return [_decode(row) for row in rows]
 
     def duplicate_groups(self, project: str) -> list[list[tuple[int, str]]]:
         """Pairs sharing the same source and target images, as [(id, sample_id), …] groups."""
         pid = self.project_id(project)
         with self._lock:
+            # Grouping only the pairs whose source is shared: that subquery is a scan of the
+            # (project_id, source_hash) index, where grouping every row sorts the table
+            # (1 s at 100,000 pairs, against 0.07).
             rows = self.db.execute(
                 "SELECT group_concat(id, '|'), group_concat(sample_id, '|') FROM pairs "
-                "WHERE project_id = ? GROUP BY source_hash, target_hash, extra_sources "
-                "HAVING count(*) > 1", [pid]).fetchall()
+                "WHERE project_id = ? AND source_hash IN (SELECT source_hash FROM pairs "
+                "WHERE project_id = ? GROUP BY source_hash HAVING count(*) > 1) "
+                "GROUP BY source_hash, target_hash, extra_sources HAVING count(*) > 1",
+                [pid, pid]).fetchall()
         return [list(zip(map(int, ids.split("|")), names.split("|"))) for ids, names in rows]
