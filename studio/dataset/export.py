@@ -50,18 +50,29 @@ class ExportResult:
         return text
 
 
-def _place(source: Path, destination: Path, link: bool) -> str | None:
+class MissingImage(FileNotFoundError):
+    """A pair's stored image file is gone; the message names the pair."""
+
+
+def _place(source: str, destination: str, link: bool) -> str | None:
     """A hard link where asked and possible, else a copy; returns why a link failed."""
     if link:
         try:
             os.link(source, destination)
             return None
+        except FileNotFoundError:  # the stored file is gone: a copy cannot help
+            raise
         except OSError as exc:  # another filesystem, or one without links
             reason = exc.strerror or type(exc).__name__
         shutil.copyfile(source, destination)
         return reason
     shutil.copyfile(source, destination)
     return None
+
+
+# Pair columns the export reads: no issues or meta to decode per pair.
+_COLUMNS = ["sample_id", "split", "status", "source_path", "target_path", "extra_sources",
+            "instruction"]
 
 
 class _Writer:
@@ -72,6 +83,10 @@ class _Writer:
         self.linked, self.copied, self.link_failure = 0, 0, None
         self.files: dict[str, object] = {}
         self.csv: dict[str, csv.writer] = {}
+        # Plain strings and each folder made once: at 100,000 pairs, pathlib objects and a
+        # mkdir per image cost more than the links themselves.
+        self.images, self.folder = str(store.project_dir(project)), str(out)
+        self.made: set[str] = set()
 
     def _stream(self, split: str):
         suffix = "edit" if split == "train" else "validation"
@@ -89,16 +104,19 @@ class _Writer:
 
     def _copy(self, relative: str, name: str) -> str:
         """A stored image as out/name(.ext); returns the POSIX path relative to out."""
-        ext = posixpath.splitext(relative)[1]
-        destination = self.out / f"{name}{ext}"
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        failure = _place(self.store.pairs.path(self.project, relative), destination, self.link)
+        dot = relative.rfind(".")
+        placed = name + (relative[dot:] if dot > relative.rfind("/") + 1 else "")  # the extension
+        parent = name.rpartition("/")[0]
+        if parent not in self.made:
+            os.makedirs(os.path.join(self.folder, parent), exist_ok=True)
+            self.made.add(parent)
+        failure = _place(f"{self.images}/{relative}", f"{self.folder}/{placed}", self.link)
         if self.link and failure is None:
             self.linked += 1
         else:
             self.copied += 1
             self.link_failure = self.link_failure or failure
-        return f"{name}{ext}"
+        return placed
 
     def write(self, pair: dict) -> None:
         sid, split = pair["sample_id"], pair["split"]
@@ -156,11 +174,18 @@ def export_dataset(store: Store, project: str, out: str | Path, fmt: str = "seed
     writer = _Writer(fmt, out, store, project, link)
     extra_inputs = 0
     try:
-        for done, pair in enumerate(pairs.iterate(project), 1):
+        for done, pair in enumerate(pairs.iterate(project, batch=5000, columns=_COLUMNS), 1):
             if pair["status"] == "error":
                 result.skipped_errors += 1
             else:
-                writer.write(pair)
+                try:
+                    writer.write(pair)
+                except FileNotFoundError as exc:
+                    # Fail loudly, naming the pair: a run must not train on a dataset with a
+                    # pair left out (or half written) because its file vanished.
+                    raise MissingImage(f"pair {pair['id']} ({pair['sample_id']}): an image file "
+                                       f"is missing: {exc.filename}; run dataset validate, "
+                                       f"then fix or delete the pair") from None
                 extra_inputs += bool(pair["extra_sources"])
                 if pair["split"] == "train":
                     result.pairs += 1
