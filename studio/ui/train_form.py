@@ -30,6 +30,9 @@ TRAINER_FIELDS = [
     ("weight_decay", lambda v: gr.Number(v, label="Weight decay")),
     ("max_pixels", lambda v: gr.Number(v, label="Max pixels", precision=0,
                                        info="target area; 1048576 = 1 MP, MindSpeed uses 262144")),
+    ("edit_image_auto_resize", lambda v: gr.Checkbox(v, label="Edit image at ~1 MP",
+                                                     info="as the reference; off: at the "
+                                                          "target's size (less memory)")),
     ("dataset_repeat", lambda v: gr.Number(v, label="Dataset repeat", precision=0)),
     ("gradient_accumulation_steps", lambda v: gr.Number(v, label="Gradient accumulation",
                                                         precision=0)),
