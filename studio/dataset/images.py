@@ -144,6 +144,15 @@ def prepare_image(data: bytes, name: str) -> PreparedImage:
     return PreparedImage(digest, ext, buffer.getvalue(), *image.size, notes=[f"{name}: {n}" for n in notes])
 
 
+def decoded_size(data: bytes, name: str) -> tuple[int, int]:
+    """(width, height) of an image that decodes whole (BadImage otherwise), converting
+    nothing: the check of an image read in place, which is never stored."""
+    image = _open(data, name)
+    size = image.size  # before draft() shrinks a JPEG
+    _decode(image, name, draft=True)
+    return size
+
+
 def image_format_is_photo(data: bytes) -> bool:
     return data[:3] == b"\xff\xd8\xff"
 

@@ -27,13 +27,14 @@ ROLES = ("source", "target", "prompt", "id")
 BATCH_ROWS = 32  # a batch of decoded image bytes stays a few MB
 
 
-def parse_mapping(text: str | None) -> dict[str, str]:
-    """`source=a,target=b,prompt=c` into a dict; roles are source, target, prompt, id."""
+def parse_mapping(text: str | None, flag: str = "--columns") -> dict[str, str]:
+    """`source=a,target=b,prompt=c` into a dict; roles are source, target, prompt, id.
+    `flag` names the option in messages (the trainer's is --parquet_columns)."""
     mapping = {}
     for part in filter(None, (p.strip() for p in (text or "").split(","))):
         role, sep, column = part.partition("=")
         if not sep or role.strip() not in ROLES or not column.strip():
-            raise ValueError(f"--columns: {part!r} should be ROLE=COLUMN with ROLE one of {', '.join(ROLES)}")
+            raise ValueError(f"{flag}: {part!r} should be ROLE=COLUMN with ROLE one of {', '.join(ROLES)}")
         mapping[role.strip()] = column.strip()
     return mapping
 
@@ -51,7 +52,9 @@ def parse_min_scores(items: list[str] | None) -> dict[str, float]:
     return scores
 
 
-def choose_columns(schema: pa.Schema, explicit: dict[str, str]) -> tuple[str, dict[str, str]]:
+def choose_columns(schema: pa.Schema, explicit: dict[str, str],
+                   flag: str = "--columns") -> tuple[str, dict[str, str]]:
+    """(layout name, role -> column): a known layout's columns, overridden by `explicit`."""
     names = set(schema.names)
     layout_name, mapping = "custom", {}
     for name, layout in LAYOUTS.items():
@@ -65,7 +68,7 @@ def choose_columns(schema: pa.Schema, explicit: dict[str, str]) -> tuple[str, di
         raise ValueError(
             f"cannot tell which columns hold the source, target and instruction "
             f"({'missing ' + ', '.join(missing) if missing else 'no column ' + ', '.join(absent)}); "
-            f"the file has: {', '.join(schema.names)}. Give --columns source=…,target=…,prompt=…")
+            f"the file has: {', '.join(schema.names)}. Give {flag} source=…,target=…,prompt=…")
     return layout_name, mapping
 
 
@@ -140,21 +143,31 @@ class ParquetImport:
             ident = data[m["id"]][i] if "id" in m else None
             yield Candidate(row=label, source=source, target=target,
                             instruction=str(data[m["prompt"]][i] or ""),
-                            sample_id=str(ident) if ident is not None else f"{self.path.stem}_{row}",
+                            sample_id=row_sample_id(self.path, row, ident),
                             meta={"origin": f"{self.path.name}#{row}", "scores": scores})
 
     def _image_ref(self, value: Any, column: str, label: str) -> ImageRef:
-        """The image in one cell; LookupError says why there is none."""
-        name = f"{label} {column}"
-        if isinstance(value, dict):
-            if value.get("bytes"):
-                return bytes_ref(name, value["bytes"])
-            value = value.get("path")
-        if isinstance(value, (bytes, bytearray)):
-            return bytes_ref(name, bytes(value))
-        if not isinstance(value, str) or not value:
-            raise LookupError(f"no image in {column}")
-        found = self.files.resolve(self.path.name, value)
-        if found is None:
-            raise LookupError(f"{column}: {self.files.absent}: {value}")
-        return ImageRef(f"{name} ({value})", lambda: self.files.read(found))
+        return cell_image(value, column, label, self.files, self.path.name)
+
+
+def row_sample_id(path: Path, row: int, ident: Any) -> str:
+    """A row's sample id: its id column's value, else the file's stem and the row index."""
+    return str(ident) if ident is not None else f"{path.stem}_{row}"
+
+
+def cell_image(value: Any, column: str, label: str, files: FileSet, base: str) -> ImageRef:
+    """The image in one cell (an image struct, bytes, or a path that `files` resolves
+    relative to `base`, the parquet file's name); LookupError says why there is none."""
+    name = f"{label} {column}"
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return bytes_ref(name, value["bytes"])
+        value = value.get("path")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes_ref(name, bytes(value))
+    if not isinstance(value, str) or not value:
+        raise LookupError(f"no image in {column}")
+    found = files.resolve(base, value)
+    if found is None:
+        raise LookupError(f"{column}: {files.absent}: {value}")
+    return ImageRef(f"{name} ({value})", lambda: files.read(found))
