@@ -6,10 +6,12 @@ as DiffSynth-Studio's UnifiedDataset reads them (see docs/design.md, "Data seman
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, Union
 
 from PIL import Image
 
@@ -22,10 +24,20 @@ class DatasetError(ValueError):
     pass
 
 
+class ImageCell(Protocol):
+    """An image kept elsewhere than in a file of its own (a parquet cell): it reads its
+    bytes on demand, as a Path does, so the encoder and the cache key take either."""
+
+    def read_bytes(self) -> bytes: ...
+
+
+StoredImage = Union[Path, ImageCell]
+
+
 @dataclass(frozen=True)
 class Pair:
-    target: Path            # `image`: what the model learns to produce
-    inputs: tuple[Path, ...]  # `edit_image`: one path, or up to 3 for the Plus models
+    target: StoredImage               # `image`: what the model learns to produce
+    inputs: tuple[StoredImage, ...]   # `edit_image`: one image, or up to 3 for the Plus models
     prompt: str
     sample_id: str
 
@@ -86,8 +98,8 @@ def load_pairs(base: str | Path, metadata: str | Path | None = None) -> list[Pai
     return pairs
 
 
-def load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as im:
+def load_rgb(image: StoredImage) -> Image.Image:
+    with Image.open(image if isinstance(image, Path) else io.BytesIO(image.read_bytes())) as im:
         return im.convert("RGB")
 
 
@@ -100,7 +112,8 @@ def target_size(width: int, height: int, max_pixels: int,
     return tuple(max(SIZE_MULTIPLE, side) for side in train_size(width, height, max_pixels))
 
 
-def sized_image(path: Path, max_pixels: int, fixed: tuple[int, int] | None = None) -> Image.Image:
+def sized_image(path: StoredImage, max_pixels: int,
+                fixed: tuple[int, int] | None = None) -> Image.Image:
     """A dataset image as training sees it: loaded as RGB, then cropped and resized to its
     target_size."""
     image = load_rgb(path)
@@ -131,9 +144,12 @@ def reference_edit_size(width: int, height: int, area: int = 1024 * 1024) -> tup
 
 def load_validation_pairs(args) -> list[Pair]:
     """The pairs of --validation_metadata_path, else of <dataset>/metadata_validation.csv if
-    there is one; [] without either."""
-    path = args.validation_metadata_path
-    if path is None:
-        default = Path(args.dataset_base_path).expanduser() / "metadata_validation.csv"
+    there is one; [] without either. Without --dataset_base_path (a parquet run), the
+    validation file's paths are relative to its own folder."""
+    path, base = args.validation_metadata_path, args.dataset_base_path
+    if path is None and base:
+        default = Path(base).expanduser() / "metadata_validation.csv"
         path = default if default.is_file() else None
-    return load_pairs(args.dataset_base_path, path) if path else []
+    if not path:
+        return []
+    return load_pairs(base or Path(path).expanduser().resolve().parent, path)
