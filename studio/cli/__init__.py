@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import adapters, compare, dataset, edit, models, project, recipe, train
+from . import adapters, compare, dataset, edit, models, project, recipe, sources, train
 
-COMMAND_MODULES = (models, project, dataset, train, edit, compare, adapters, recipe)
+COMMAND_MODULES = (models, project, dataset, sources, train, edit, compare, adapters, recipe)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,11 +1,12 @@
 """The SQLite project store: core (connection, write transactions, migrations, projects,
-edits, adapters), pairs and runs. pairs and runs import core only; this module joins them."""
+edits, adapters), pairs, runs and sources. Those import core only; this module joins them."""
 from __future__ import annotations
 
 from .core import BUSY_TIMEOUT_S, StoreCore, now
 from .migrations import SCHEMA_VERSION
 from .pairs import Pairs
 from .runs import Runs
+from .sources import Sources
 
 __all__ = ["BUSY_TIMEOUT_S", "SCHEMA_VERSION", "Store", "now"]
 
@@ -18,3 +19,7 @@ class Store(StoreCore):
     @property
     def runs(self) -> Runs:
         return Runs(self)
+
+    @property
+    def sources(self) -> Sources:
+        return Sources(self)
