@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,6 +23,7 @@ from .data import Pair, reference_edit_size, sized_image
 from .run_files import replacing
 
 CACHE_VERSION = 1
+SETTINGS = "settings"  # <root>/settings/<digest>.json: every encoding settings keyed under root
 PLUS_CONDITION_AREA = 384 * 384  # the Plus pipeline's VL-encoder image area (CONDITION_IMAGE_SIZE)
 
 
@@ -125,6 +128,38 @@ class EncodedCache:
         self.settings = json.dumps({"version": CACHE_VERSION, "model": model_fp, **settings},
                                    sort_keys=True)
         self.root = Path(root)
+        self._record_settings()
+
+    def _record_settings(self) -> None:
+        """Leave these settings beside the entries: the studio cannot know them (a run picks
+        its dtype on its device), yet needs them to key a project's pairs as the run does,
+        to count what is encoded and prune what no pair uses. Written once, atomically (every
+        process of a run writes the same text); best effort, so a read-only cache still serves."""
+        digest = hashlib.sha256(self.settings.encode()).hexdigest()[:16]
+        record = self.root / SETTINGS / f"{digest}.json"
+        if record.is_file():
+            return
+        try:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            with replacing(record) as tmp:
+                tmp.write_text(self.settings, encoding="utf-8")
+        except OSError:
+            pass
+
+    @classmethod
+    def recorded(cls, root: Path) -> list["EncodedCache"]:
+        """A cache for each settings recorded under `root`, keying exactly as the runs that
+        recorded them (their settings text is the key's first input); records nothing."""
+        caches = []
+        for record in sorted((Path(root) / SETTINGS).glob("*.json")):
+            cache = cls.__new__(cls)
+            cache.root, cache.settings = Path(root), record.read_text(encoding="utf-8")
+            caches.append(cache)
+        return caches
+
+    def described(self) -> dict:
+        """The settings as a dict: version, model fingerprint, max_pixels, dtype, …"""
+        return json.loads(self.settings)
 
     def key(self, pair: Pair) -> str:
         h = hashlib.sha256(self.settings.encode())
@@ -147,3 +182,28 @@ class EncodedCache:
         target.parent.mkdir(parents=True, exist_ok=True)
         with replacing(target) as tmp:  # readers never see half a file
             save_file(tensors, str(tmp))
+
+
+def keys_for(caches: Sequence[EncodedCache], pair: Pair) -> list[str]:
+    """Each cache's key of `pair` (as EncodedCache.key), reading its images once."""
+    hashes = [hashlib.sha256(cache.settings.encode()) for cache in caches]
+    for h in hashes:
+        h.update(pair.prompt.encode("utf-8"))
+    for image in (pair.target, *pair.inputs):
+        data = b"\0file\0" + image.read_bytes()
+        for h in hashes:
+            h.update(data)
+    return [h.hexdigest() for h in hashes]
+
+
+def entry_files(root: Path) -> Iterator[os.DirEntry]:
+    """The entries under a cache root (<root>/<2 hex>/<key>.safetensors), without its
+    settings records, parquet scans or half-written temporary files."""
+    try:
+        folders = [d for d in os.scandir(root) if len(d.name) == 2 and d.is_dir()]
+    except FileNotFoundError:
+        return
+    for folder in folders:
+        for entry in os.scandir(folder.path):
+            if entry.name.endswith(".safetensors") and not entry.name.startswith("."):
+                yield entry
