@@ -28,9 +28,19 @@ def build_parser(cls: type[argparse.ArgumentParser] = argparse.ArgumentParser):
         description="Train a Qwen-Image-Edit LoRA (run it under `accelerate launch`).")
     p.add_argument("--model_path", default="demo",
                    help="model folder in diffusers layout, or 'demo' for the tiny random model")
-    p.add_argument("--dataset_base_path", required=True, help="dataset folder (holds images/)")
+    p.add_argument("--dataset_base_path", default=None,
+                   help="dataset folder (holds images/); with --dataset_parquet optional, for "
+                        "its metadata_validation.csv and the default cache")
     p.add_argument("--dataset_metadata_path", default=None,
                    help="metadata_edit.csv (default: <dataset_base_path>/metadata_edit.csv)")
+    p.add_argument("--dataset_parquet", default=None, metavar="FILE|DIR|GLOB",
+                   help="train on parquet shards read in place instead of metadata_edit.csv: a "
+                        "file, every *.parquet under a folder, or a glob (quote it); UltraEdit, "
+                        "InstructPix2Pix and MagicBrush columns are found, other layouts need "
+                        "--parquet_columns; rows that cannot train are skipped and named in the log")
+    p.add_argument("--parquet_columns", default=None, metavar="source=COL,target=COL,prompt=COL",
+                   help="the parquet columns holding the source image, the edited target and the "
+                        "instruction (and id=COL for sample ids)")
     p.add_argument("--max_pixels", type=int, default=1024 * 1024,
                    help="target images larger than this are scaled down (dynamic resolution)")
     p.add_argument("--height", type=int, default=None, help="fixed target height (with --width)")
@@ -72,7 +82,9 @@ def build_parser(cls: type[argparse.ArgumentParser] = argparse.ArgumentParser):
                         "reference does; --no-edit_image_auto_resize keeps it at the target's "
                         "max_pixels sizing")
     p.add_argument("--cache_path", default=None,
-                   help="encoded-pair cache (default: <dataset_base_path>/.studio_cache)")
+                   help="encoded-pair cache (default: <dataset_base_path>/.studio_cache, or for "
+                        "a parquet run without it <output_path>/.studio_cache: give one to share "
+                        "encodings between runs)")
     p.add_argument("--no_cache", action="store_true",
                    help="encode every pair at every step (slow; for comparison)")
     p.add_argument("--encode_only", action="store_true",
@@ -129,6 +141,7 @@ def parse_args(argv: list[str] | None = None,
     args = parser.parse_args(argv)
     if args.lora_alpha is None:
         args.lora_alpha = float(args.lora_rank)
+    _check_dataset(parser, args)
     if (args.height is None) != (args.width is None):
         parser.error("--height and --width go together")
     for name in ("dataset_repeat", "num_epochs", "gradient_accumulation_steps", "lora_rank",
@@ -153,3 +166,21 @@ def parse_args(argv: list[str] | None = None,
     if args.encode_only and args.no_cache:
         parser.error("--encode_only fills the cache; it cannot go with --no_cache")
     return args
+
+
+def _check_dataset(parser, args) -> None:
+    """A CSV dataset folder or parquet shards; the parquet flags go together."""
+    if not (args.dataset_base_path or args.dataset_parquet):
+        parser.error("give --dataset_base_path (a dataset folder) or --dataset_parquet")
+    if args.dataset_parquet and args.dataset_metadata_path:
+        parser.error("--dataset_parquet replaces --dataset_metadata_path (the training pairs come "
+                     "from the parquet; validation pairs from --validation_metadata_path)")
+    if args.parquet_columns and not args.dataset_parquet:
+        parser.error("--parquet_columns goes with --dataset_parquet")
+    if args.parquet_columns:
+        from studio.dataset.parquet_import import parse_mapping
+
+        try:
+            parse_mapping(args.parquet_columns, "--parquet_columns")
+        except ValueError as exc:
+            parser.error(str(exc))

@@ -20,8 +20,8 @@ import torch
 from studio.engine.devices import peak_memory_gb
 from studio.engine.savers import Savers
 
-from . import (base_model, checkpoint, dist, faults, run_files, sample_render, samples, steplog,
-               validation)
+from . import (base_model, checkpoint, dist, faults, parquet_pairs, run_files, sample_render,
+               samples, steplog, validation)
 from .args import parse_args
 from .cache import EncodedCache, PairEncoder, model_fingerprint
 from .data import DatasetError, load_pairs, load_validation_pairs
@@ -95,26 +95,52 @@ def _model_folder(spec: str) -> Path:
 
 
 def _cache_root(args) -> Path:
-    root = Path(args.cache_path or Path(args.dataset_base_path) / ".studio_cache").expanduser()
-    return root.resolve()
+    # A parquet run may have no dataset folder; its output folder is always writable.
+    beside = Path(args.dataset_base_path or args.output_path) / ".studio_cache"
+    return Path(args.cache_path or beside).expanduser().resolve()
 
 
-def _encoded_source(args, pairs, info, device, dtype, stop: StopFlag):
-    """A function pair-index -> encoded tensors; fills the on-disk cache first."""
-    fixed = (args.width, args.height) if args.width else None
+def _fixed_size(args) -> tuple[int, int] | None:
+    return (args.width, args.height) if args.width else None
+
+
+def _encode_cache(args, info, dtype) -> EncodedCache | None:
+    """The on-disk cache of encodings (None with --no_cache), keyed by what decides them."""
+    if args.no_cache:
+        return None
+    fp = model_fingerprint(info.path)
+    settings = {"max_pixels": args.max_pixels, "fixed": _fixed_size(args), "dtype": str(dtype),
+                "edit_auto_resize": args.edit_image_auto_resize, "pipeline": info.pipeline_class}
+    if Savers.of(args).fp8_text_encoder:  # other encodings: cached apart (offload changes none
+        settings["fp8_text_encoder"] = True  # of them, and older caches keep their keys)
+    return EncodedCache(_cache_root(args) / fp, fp, settings)
+
+
+def _training_pairs(args, cache: EncodedCache | None):
+    """The CSV's pairs (a list), or the parquet rows that can train (a lazy sequence that
+    knows its cache keys)."""
+    if not args.dataset_parquet:
+        return load_pairs(args.dataset_base_path, args.dataset_metadata_path)
+    return parquet_pairs.load(args.dataset_parquet, args.parquet_columns, args.max_pixels, cache)
+
+
+def _encoded_source(args, pairs, info, device, dtype, stop: StopFlag, held_out=()):
+    """A function pair-index -> encoded tensors (indices past the training pairs are the
+    held-out ones); fills the on-disk cache first."""
+    cache = _encode_cache(args, info, dtype)
     savers = Savers.of(args)
     make_encoder = lambda: PairEncoder(info.path, info.pipeline_class, device, dtype,  # noqa: E731
-                                       args.max_pixels, fixed, args.edit_image_auto_resize, savers)
-    if args.no_cache:
+                                       args.max_pixels, _fixed_size(args),
+                                       args.edit_image_auto_resize, savers)
+    pair = lambda i: pairs[i] if i < len(pairs) else held_out[i - len(pairs)]  # noqa: E731
+    count = len(pairs) + len(held_out)
+    if cache is None:
         encoder = make_encoder()
-        return lambda i: encoder.encode(pairs[i])
-    fp = model_fingerprint(info.path)
-    settings = {"max_pixels": args.max_pixels, "fixed": fixed, "dtype": str(dtype),
-                "edit_auto_resize": args.edit_image_auto_resize, "pipeline": info.pipeline_class}
-    if savers.fp8_text_encoder:  # other encodings: cached apart (offload changes none of them,
-        settings["fp8_text_encoder"] = True  # and older caches keep their keys)
-    cache = EncodedCache(_cache_root(args) / fp, fp, settings)
-    keys = [cache.key(p) for p in pairs]
+        return lambda i: encoder.encode(pair(i))
+    # Parquet pairs were keyed while scanned; reading every image again here would double it.
+    known = getattr(pairs, "keys", None)
+    keys = (known if known is not None else [cache.key(p) for p in pairs]) + \
+        [cache.key(p) for p in held_out]
     missing = [i for i, k in enumerate(keys) if not cache.has(k)]
     dist.barrier()  # all processes agree on `missing` before anyone adds to the cache
     if missing:
@@ -125,17 +151,17 @@ def _encoded_source(args, pairs, info, device, dtype, stop: StopFlag):
         mine = missing[dist.rank()::dist.world()]
         if dist.is_main():
             log.info("encoding %d of %d pairs (%d cached) over %d process(es) into %s",
-                     len(missing), len(pairs), len(pairs) - len(missing), dist.world(), cache.root)
+                     len(missing), count, count - len(missing), dist.world(), cache.root)
         if mine:
             encoder = make_encoder()
             for i in tqdm(mine, desc="encode", disable=None if dist.is_main() else True):
                 if stop:
                     break  # what is encoded stays cached
-                cache.save(keys[i], encoder.encode(pairs[i]))
+                cache.save(keys[i], encoder.encode(pair(i)))
             encoder.release()  # the text encoder and VAE leave the device here
             log.info("rank %d encoded its %d pair(s)", dist.rank(), len(mine))
     elif dist.is_main():
-        log.info("all %d pairs found in the cache %s", len(pairs), cache.root)
+        log.info("all %d pairs found in the cache %s", count, cache.root)
     dist.barrier()
     if dist.any_true(bool(stop)):
         raise SystemExit(0)
@@ -289,15 +315,21 @@ def train(args) -> int:
     log.info("memory savers: %s; gradient checkpointing %s", savers.describe(),
              "on" if checkpointing else "off")
     _check_memory(args, info.path, device, dtype, base_model.run_mode(deepspeed, world), world)
-    pairs = load_pairs(args.dataset_base_path, args.dataset_metadata_path)
+    cache = _encode_cache(args, info, dtype)
+    pairs = _training_pairs(args, cache)
     held_out = _held_out(args)
-    crowded = [p for p in pairs + held_out if len(p.inputs) > info.max_images]
+    if args.dataset_parquet and not held_out and dist.is_main():
+        log.info("no validation pairs: a parquet run takes them from --validation_metadata_path "
+                 "or <dataset_base_path>/metadata_validation.csv")
+    # A parquet row has one source image, so only a CSV's pairs can hold too many.
+    crowded = [p for p in (held_out if args.dataset_parquet else pairs + held_out)
+               if len(p.inputs) > info.max_images]
     if crowded:
         raise DatasetError(f"sample {crowded[0].sample_id} (and {len(crowded) - 1} more) has "
                            f"{len(crowded[0].inputs)} edit images; {info.pipeline_class} takes at "
                            f"most {info.max_images}")
     # Held-out pairs are encoded (and cached) with the training pairs, after them.
-    encoded = _encoded_source(args, pairs + held_out, info, device, dtype, stop)
+    encoded = _encoded_source(args, pairs, info, device, dtype, stop, held_out)
     if args.encode_only:  # every process has encoded its share (the cache's barrier)
         log.info("encode only: %d pairs are in the cache; no training", len(pairs) + len(held_out))
         return 0
