@@ -1,7 +1,11 @@
-"""`dataset import | validate | export | list | samples`: curate edit pairs without a browser."""
+"""`dataset import | validate | export | list | samples | encode | cache`: curate edit pairs
+without a browser."""
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
+import time
 
 from tqdm import tqdm
 
@@ -12,7 +16,10 @@ from ..dataset.instructions import Rewrite, rewrite_instructions
 from ..dataset.synthetic_pairs import add_synthetic_pairs
 from ..dataset.split import hold_out, parse_count
 from ..dataset.validate import validate_project
+from ..jobs import encode_cache
+from ..jobs.launch import TRAIN_PRESETS
 from .project import open_store
+from .train import options
 
 
 def register(sub) -> None:
@@ -79,6 +86,50 @@ def register(sub) -> None:
     ins.add_argument("--search", default=None, help="only instructions containing this text")
     ins.add_argument("--dry-run", action="store_true", help="show what would change")
     ins.set_defaults(handler=run_instructions)
+
+    enc = verbs.add_parser("encode", help="encode the pairs for a model before any run (a run "
+                                          "with the same settings then encodes nothing)")
+    enc.add_argument("--project", required=True)
+    add_encoding_flags(enc)
+    enc.set_defaults(handler=run_encode)
+
+    cache = verbs.add_parser("cache", help="the project's encode cache: how much is encoded, "
+                                           "prune entries no pair uses, clear it")
+    cache.add_argument("--project", required=True)
+    add_encoding_flags(cache)
+    action = cache.add_mutually_exclusive_group()
+    action.add_argument("--status", action="store_true",
+                        help="pairs encoded for the model and settings (default; reads every image)")
+    action.add_argument("--prune", action="store_true", help="delete entries no current pair uses")
+    action.add_argument("--clear", action="store_true",
+                        help="delete the cache (only --model's part with --model)")
+    cache.set_defaults(handler=run_cache)
+
+
+def add_encoding_flags(p) -> None:
+    """The run settings that decide the encodings, as `studio train` names them."""
+    p.add_argument("--model", default=None, help="model folder or 'demo' (default: demo)")
+    p.add_argument("--preset", choices=sorted(TRAIN_PRESETS), default="Demo on CPU",
+                   help="the run settings to encode for (default: Demo on CPU)")
+    p.add_argument("--max-pixels", dest="max_pixels", type=int, default=None,
+                   help="target area (default: the preset's)")
+    p.add_argument("--device", default=None, help="cpu, cuda or npu (default: the preset's)")
+    p.add_argument("--mixed-precision", dest="mixed_precision", default=None,
+                   choices=["auto", "no", "fp16", "bf16"])
+    p.add_argument("--no-edit-image-auto-resize", dest="edit_image_auto_resize",
+                   action="store_false", default=None,
+                   help="keep the edit image at the target's sizing instead of ~1 MP")
+    p.add_argument("--fp8-text-encoder", dest="fp8_text_encoder", action="store_true", default=None)
+    p.add_argument("--text-encoder-offload", dest="text_encoder_offload", action="store_true",
+                   default=None)
+
+
+def _encoding_options(args):
+    """`studio train`'s options rule over these flags (the model: demo unless given)."""
+    opts = options(argparse.Namespace(**{**vars(args), "model": args.model or "demo"}))
+    if args.edit_image_auto_resize is not None:
+        opts = dataclasses.replace(opts, edit_image_auto_resize=args.edit_image_auto_resize)
+    return opts
 
 
 def add_max_pixels(p) -> None:
@@ -213,4 +264,56 @@ def run_split(args) -> int:
     counts = store.pairs.counts(args.project)
     print(f"held out {len(chosen)} pair(s): now {counts['train']} for training, "
           f"{counts['validation']} for validation")
+    return 0
+
+
+def run_encode(args) -> int:
+    store = open_store(args)
+    opts = _encoding_options(args)
+    child = encode_cache.pre_encode(store, args.project, opts)
+    bar = tqdm(desc="encoding", unit="pair")
+    try:
+        while child.poll() is None:
+            _show(bar, encode_cache.progress(store, args.project))
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nstopping (what is encoded stays cached)")
+        encode_cache.stop(store, args.project)
+        child.wait()
+    finally:
+        done = encode_cache.progress(store, args.project)
+        _show(bar, done)
+        bar.close()
+    if done["state"] == "failed":
+        print(f"encoding failed: {done['error']}")
+        return 1
+    print(f"encoded {done['encoded']} pair(s); {done['cached'] or 0} already cached "
+          f"(of {done['pairs']} pairs)")
+    return 0
+
+
+def _show(bar, progress: dict) -> None:
+    if progress["to_encode"] is not None and bar.total != progress["to_encode"]:
+        bar.total = progress["to_encode"]
+        bar.refresh()
+    bar.update(progress["encoded"] - bar.n)
+
+
+def run_cache(args) -> int:
+    store = open_store(args)
+    store.require_project(args.project)
+    if args.prune:
+        pruned = encode_cache.prune(store, args.project)
+        print(f"removed {pruned['removed']} entries no pair uses ({pruned['bytes'] / 2**20:.1f} MB); "
+              f"kept {pruned['kept']}")
+    elif args.clear:
+        model = encode_cache.model_folder(store, args.model) if args.model else None
+        freed = encode_cache.clear(store, args.project, model)
+        print(f"cleared the encode cache of {args.project}"
+              + (f" for {args.model}" if args.model else "") + f": {freed / 2**20:.1f} MB freed")
+    else:
+        opts = _encoding_options(args)
+        counted = encode_cache.status(store, args.project,
+                                      encode_cache.model_folder(store, opts.model), opts)
+        print(encode_cache.status_line(counted, opts.model))
     return 0

@@ -5,6 +5,8 @@ the pair store.
 """
 from __future__ import annotations
 
+import os
+
 import gradio as gr
 from PIL import Image
 
@@ -14,6 +16,9 @@ from ..dataset.instructions import Rewrite, rewrite_instructions, set_instructio
 from ..dataset.synthetic_pairs import add_synthetic_pairs
 from ..dataset.split import hold_out, parse_count
 from ..dataset.validate import validate_project
+from ..engine.models import MODEL_ENV
+from ..jobs import encode_cache
+from ..jobs.launch import TRAIN_PRESETS
 from ..store import Store
 from .common import user_error
 
@@ -57,8 +62,15 @@ def _show_page(store: Store, name, text, number):
     return images, data, info, number
 
 
-def build(store: Store, project: gr.Dropdown) -> None:
+def _preset_resizes(preset: str) -> bool:
+    """Whether a preset's runs resize the edit image to ~1 MP (TrainOptions' default)."""
+    return TRAIN_PRESETS[preset].get("edit_image_auto_resize", True)
+
+
+def build(store: Store, project: gr.Dropdown, model: str | None = None) -> None:
+    """`model`: the model the encode cache row counts for at first (default: the studio's)."""
     pairs = store.pairs
+    encoders: dict[str, object] = {}  # project -> its pre-encode's process, reaped when it ends
 
     def need(name):
         if not name:
@@ -99,6 +111,25 @@ def build(store: Store, project: gr.Dropdown) -> None:
         validate_summary = gr.Markdown(elem_id="ds-validate-summary")
         problems = gr.Dataframe(headers=["sample_id", "level", "message"], interactive=False,
                                 elem_id="ds-problems")
+
+    # -- encode cache -------------------------------------------------------
+    with gr.Accordion("Encode cache", open=False):
+        with gr.Row():
+            enc_model = gr.Textbox(value=model or os.environ.get(MODEL_ENV) or "demo",
+                                   label="Model", scale=3, info="model folder, or demo")
+            enc_preset = gr.Dropdown(list(TRAIN_PRESETS), value="Demo on CPU", scale=2,
+                                     label="Settings of the run preset")
+            enc_pixels = gr.Number(value=0, precision=0, label="Max pixels", scale=1,
+                                   info="0 = the preset's")
+            enc_resize = gr.Checkbox(value=_preset_resizes("Demo on CPU"), scale=1,
+                                     label="Edit image at ~1 MP")
+        with gr.Row():
+            count_button = gr.Button("Count", scale=0, min_width=80, elem_id="ds-encode-count")
+            encode_button = gr.Button("Pre-encode now", scale=0, elem_id="ds-encode-now")
+            clear_button = gr.Button("Clear cache", variant="stop", scale=0, elem_id="ds-encode-clear")
+            enc_status = gr.Markdown("Count reads every pair's images: press it to see how many "
+                                     "are encoded.", elem_id="ds-encode-status")
+        enc_timer = gr.Timer(2.0, active=False)
 
     # -- browse -------------------------------------------------------------
     with gr.Row():
@@ -227,6 +258,7 @@ def build(store: Store, project: gr.Dropdown) -> None:
 
     def on_delete(name, pair_id, text_search, number):
         name = selected_or_fail(name, pair_id)
+        encode_cache.forget(store, name, [pair_id])  # first: it keys the pair by its files
         pairs.delete(name, [pair_id])
         return None, None, None, "", "Deleted.", *show_page(name, text_search, number)
 
@@ -264,6 +296,46 @@ def build(store: Store, project: gr.Dropdown) -> None:
             raise gr.Error(str(exc))
         return "\n\n".join([result.summary(), *result.notes])
 
+    def encoding_options(model_spec, preset, pixels, resize):
+        fields = {"edit_image_auto_resize": bool(resize)}
+        if pixels:
+            fields["max_pixels"] = int(pixels)
+        return encode_cache.encoding_options((model_spec or "").strip() or "demo", preset, **fields)
+
+    def on_count(name, model_spec, preset, pixels, resize):
+        name = need(name)
+        opts = encoding_options(model_spec, preset, pixels, resize)
+        try:
+            folder = encode_cache.model_folder(store, opts.model)
+            return encode_cache.status_line(encode_cache.status(store, name, folder, opts), opts.model)
+        except (ValueError, OSError) as exc:
+            raise user_error(exc)
+
+    def on_pre_encode(name, model_spec, preset, pixels, resize):
+        name = need(name)
+        try:
+            encoders[name] = encode_cache.pre_encode(
+                store, name, encoding_options(model_spec, preset, pixels, resize))
+        except (ValueError, OSError) as exc:
+            raise user_error(exc)
+        return encode_cache.progress_line(encode_cache.progress(store, name)), gr.Timer(active=True)
+
+    def on_encode_progress(name):
+        if not name or store.get_project(name) is None:
+            return "", gr.Timer(active=False)
+        if name in encoders and encoders[name].poll() is not None:
+            del encoders[name]
+        done = encode_cache.progress(store, name)
+        return encode_cache.progress_line(done), gr.Timer(active=done["state"] == "running")
+
+    def on_clear(name):
+        name = need(name)
+        try:
+            freed = encode_cache.clear(store, name)
+        except ValueError as exc:
+            raise user_error(exc)
+        return f"Encode cache cleared: {freed / 2**20:.1f} MB freed."
+
     browse_inputs = [project, search, page]
     add_one.click(on_add_one, [project, source, target, instruction, search, page],
                   [import_report, *browse_outputs], api_name="dataset_add_pair")
@@ -296,4 +368,13 @@ def build(store: Store, project: gr.Dropdown) -> None:
                           api_name="dataset_rewrite_preview")
     apply_rewrite.click(on_rewrite(False), rewrite_inputs, [rewrite_result, *browse_outputs],
                         api_name="dataset_rewrite")
+    encoding_inputs = [project, enc_model, enc_preset, enc_pixels, enc_resize]
+    enc_preset.change(_preset_resizes, [enc_preset], [enc_resize], api_name=False)
+    count_button.click(on_count, encoding_inputs, [enc_status], api_name="dataset_encode_count")
+    encode_button.click(on_pre_encode, encoding_inputs, [enc_status, enc_timer],
+                        api_name="dataset_encode")
+    enc_timer.tick(on_encode_progress, [project], [enc_status, enc_timer],
+                   api_name="dataset_encode_progress")
+    project.change(on_encode_progress, [project], [enc_status, enc_timer], api_name=False)
+    clear_button.click(on_clear, [project], [enc_status], api_name="dataset_encode_clear")
     export_button.click(on_export, [project, fmt, out_dir, force], [export_result], api_name="dataset_export")
