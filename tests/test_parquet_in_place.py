@@ -243,3 +243,26 @@ def test_attach_sample_source_and_the_trainer_flags_from_the_cli(shards, tmp_pat
 
     assert main([*base, "dataset", "detach", "--project", "p"]) == 0
     assert trainer_source_args(store, "p") is None
+
+
+@pytest.mark.slow
+def test_a_project_with_only_an_attached_source_trains_through_the_job_manager(
+        demo_model, shards, tmp_path):
+    from studio.cli import main
+    from studio.jobs.launch import TRAIN_PRESETS, TrainOptions
+    from studio.jobs.manager import JobManager
+    from studio.store import Store
+
+    base = ["--projects-dir", str(tmp_path / "projects")]
+    assert main([*base, "project", "create", "p"]) == 0
+    assert main([*base, "dataset", "attach", "--project", "p", "--parquet", str(shards)]) == 0
+    jobs = JobManager(Store(tmp_path / "projects"))
+    opts = TrainOptions.from_dict({**TrainOptions().as_dict(), **TRAIN_PRESETS["Demo on CPU"],
+                                   "model": str(demo_model), "max_steps": 2, "save_steps": 2})
+    run = jobs.submit("p", opts)
+    assert run["config"]["source_args"][:2] == ["--dataset_parquet", str(shards)]
+    done = jobs.wait(run["id"], timeout=240)
+    assert done["status"] == "finished", done["error"]
+    log = (Path(done["run_dir"]) / "output" / "train.log").read_text()
+    assert "skipped shard-00.parquet row 1" in log
+    assert (Path(done["run_dir"]) / "output" / "final.safetensors").is_file()

@@ -60,6 +60,9 @@ class TrainOptions:
     hosts: str = ""                 # ssh: one host per node, comma-separated, node 0 first
     join_timeout: int = 600         # seconds for every node to join before the run fails
     env: dict = field(default_factory=dict)  # extra variables (e.g. edited Ascend settings)
+    # The project's attached parquet source as trainer flags, fixed at submit so that a
+    # resume reads the same rows (studio/jobs/sources.py).
+    source_args: list = field(default_factory=list)
     cann_set_env: str = ""          # NPU: CANN's set_env.sh to source (default: the usual places)
 
     @classmethod
@@ -178,6 +181,7 @@ def trainer_args(opts: TrainOptions, dataset_dir: Path, output_dir: Path, resume
              "--max_samples", str(opts.max_samples)]
     if opts.device == "cpu":
         args += ["--device", "cpu"]
+    args += [str(a) for a in opts.source_args]
     if cache_dir is not None:
         args += ["--cache_path", str(cache_dir)]
     if resume:

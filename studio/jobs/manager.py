@@ -29,6 +29,7 @@ from ..trainer.args import check_args
 from ..trainer.lora_io import check_compatible
 from . import launch, launchers, memory, monitor, multinode, run_folder, status
 from .launch import TrainOptions
+from .sources import trainer_source_args
 
 RECONCILE_EVERY = 3.0  # seconds between the app's background reconciles
 
@@ -77,9 +78,12 @@ class JobManager:
         multinode.check(opts)
         check_args(launch.trainer_args(opts, Path(run_folder.DATASET), Path(run_folder.OUTPUT),
                                        resume=False))
-        opts = dataclasses.replace(self._start_lora(opts), model=str(self.model_folder(opts.model)))
-        if not self.store.pairs.count(project):
-            raise ValueError(f"project {project!r} has no pairs to train on; add some in the Dataset tab")
+        source = trainer_source_args(self.store, project) or []
+        opts = dataclasses.replace(self._start_lora(opts), model=str(self.model_folder(opts.model)),
+                                   source_args=source)
+        if not source and not self.store.pairs.count(project):
+            raise ValueError(f"project {project!r} has no pairs to train on; add some in the "
+                             f"Dataset tab, or attach a parquet source (studio dataset attach)")
         memory.check(opts, Path(opts.model))
         from ..dataset.validate import check_for_launch
 
