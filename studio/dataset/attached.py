@@ -46,6 +46,39 @@ def checked_rows(source: ParquetSource, positions: list[tuple[int, int]]) -> lis
         reader.close()
 
 
+def require_parquet_spec(spec: str) -> str:
+    """For callers others may reach (the browser app): a folder (only its *.parquet files are
+    read) or a file or glob whose name ends in .parquet, so that nothing but parquet files is
+    opened; the glob's matches end in .parquet too, as the name's last part is literal."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise ValueError("enter the path of a parquet file, a folder of them or a glob")
+    if not Path(spec).expanduser().is_dir() and not spec.lower().endswith(".parquet"):
+        raise ValueError(f"only parquet files can be attached: {spec} is not a folder and does "
+                         "not end in .parquet (give a folder, a .parquet file or a glob like "
+                         "/data/*.parquet)")
+    return spec
+
+
+def sample(record: dict, n: int, spread: bool = False) -> tuple[ParquetSource, list[Row]]:
+    """The first n rows of the attached source, or n spread over it; each checked."""
+    source = open_source(record)
+    return source, checked_rows(source, source.spread(n)) if spread else first_rows(source, n)
+
+
+def notes(row: Row) -> list[str]:
+    """Why it cannot train, or else its warnings."""
+    if row.problems:
+        return [f"cannot train: {row.problem}"]
+    return [f"{i['level']}: {i['message']}" for i in row.issues if i["level"] != "info"]
+
+
+def table_row(row: Row) -> list:
+    """location, id, image sizes, prompt, problems: a row of a sample table."""
+    sizes = ", ".join(f"{role} {w}×{h}" for role, (w, h) in row.sizes.items())
+    return [row.where, row.sample_id, sizes, row.prompt, "; ".join(notes(row))]
+
+
 def first_rows(source: ParquetSource, n: int) -> list[Row]:
     rows = []
     for row in source.rows():

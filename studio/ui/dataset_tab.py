@@ -20,6 +20,7 @@ from ..engine.models import MODEL_ENV
 from ..jobs import encode_cache
 from ..jobs.launch import TRAIN_PRESETS
 from ..store import Store
+from . import source_panel
 from .common import user_error
 
 PAGE_SIZE = 20
@@ -104,6 +105,7 @@ def build(store: Store, project: gr.Dropdown, model: str | None = None) -> None:
             import_button = gr.Button("Import files", variant="primary", elem_id="ds-import")
             samples_button = gr.Button("Add sample pairs", elem_id="ds-samples")
         import_report = gr.Textbox(label="Import report", lines=6, interactive=False, elem_id="ds-import-report")
+    source_panel.build(store, project)  # shards too big to import, read in place
 
     # -- validate -----------------------------------------------------------
     with gr.Accordion("Validate", open=False):
