@@ -69,7 +69,9 @@ def check_for_launch(store: Store, project: str, max_pixels: int) -> ValidationR
     stale |= {row["id"] for row in pairs.stored_issues(project, "error")}
     pairs.set_checked(stale, None)
     checked = ValidationReport(project)
-    _check(store, project, max_pixels, checked, duplicates, files, only_unchecked=True)
+    # Larger batches than a validation with a progress bar: each is a commit (an fsync).
+    _check(store, project, max_pixels, checked, duplicates, files, only_unchecked=True,
+           batch_size=5000)
     counts = pairs.counts(project)
     report = ValidationReport(project, counts["total"], counts["ok"], counts["warning"],
                               counts["error"], rechecked=checked.pairs)
@@ -113,7 +115,7 @@ def missing_files(store: Store, project: str, files: _Files | None = None) -> se
 
 def _check(store: Store, project: str, max_pixels: int, report: ValidationReport,
            duplicates: dict[int, str], files: _Files, only_unchecked: bool = False,
-           progress: Callable[[int, int], None] | None = None) -> None:
+           progress: Callable[[int, int], None] | None = None, batch_size: int = 1000) -> None:
     """Check every pair (or those not checked at max_pixels since they changed), store the
     issues and the mark, and add each pair to the report."""
     pairs = store.pairs
@@ -123,7 +125,7 @@ def _check(store: Store, project: str, max_pixels: int, report: ValidationReport
         # A batch is read, checked and written back in one transaction, so an instruction
         # rewritten meanwhile never gets the issues of its old text.
         with store.write():
-            batch = pairs.batch_after(project, last,
+            batch = pairs.batch_after(project, last, batch_size,
                                       not_checked_at=max_pixels if only_unchecked else None)
             found = [_issues(pair, files, duplicates.get(pair["id"]), max_pixels) for pair in batch]
             pairs.set_issues([(pair["id"], issues) for pair, issues in zip(batch, found)
