@@ -10,7 +10,6 @@ a start instead of eight. The supervisor kills go through the real job manager, 
 and accelerate launcher, and run last."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import select
@@ -25,9 +24,9 @@ from PIL import Image
 
 from studio.jobs import launch
 from studio.trainer import process_group, run_files, samples, steplog
-from tests.conftest import make_image
 from tests.test_jobs import options, wait_for
-from tests.trainer_helpers import FAST, ROOT, env, lora, make_dataset, max_abs, max_diff
+from tests.trainer_helpers import (FAST, ROOT, add_validation_pairs, env, lora, make_dataset,
+                                   max_abs, max_diff)
 
 pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
 
@@ -119,14 +118,7 @@ def dataset(tmp_path_factory):
 
 def validation_dataset(folder: Path) -> Path:
     """Two training pairs and one validation pair."""
-    make_dataset(folder, n=2)
-    with open(folder / "metadata_validation.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "edit_image", "prompt", "sample_id"])
-        make_image(64, 64, seed=7).save(folder / "images/source_v.png")
-        make_image(64, 64, seed=8).save(folder / "images/edited_v.png")
-        w.writerow(["images/edited_v.png", "images/source_v.png", "Make it night", "v"])
-    return folder
+    return add_validation_pairs(make_dataset(folder, n=2), ["v"], seed=7, prompt="Make it night")
 
 
 def assert_same_run(out: Path, base: Path, steps: int) -> None:

@@ -7,7 +7,6 @@ The runs share one dataset; the fp32 runs share one encoding cache (text-encoder
 does not change the encodings, fp8 text-encoder storage does, so it is cached apart)."""
 from __future__ import annotations
 
-import csv
 import json
 import time
 
@@ -16,8 +15,7 @@ import torch
 
 from studio.engine.savers import Savers, problems
 from studio.trainer import run_files, samples
-from tests.conftest import make_image
-from tests.trainer_helpers import FAST, lora, make_dataset, max_abs, max_diff, run_trainer
+from tests.trainer_helpers import FAST, add_validation_pairs, lora, make_dataset, max_abs, max_diff, run_trainer
 
 slow = pytest.mark.slow  # the tests that train (the rule and the loader run in make test-fast)
 
@@ -34,14 +32,8 @@ FP8_TOLERANCE, FP8_AT_LEAST = 0.35, 1e-3
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    folder = make_dataset(tmp_path_factory.mktemp("data") / "ds")
-    with open(folder / "metadata_validation.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "edit_image", "prompt", "sample_id"])
-        make_image(64, 48, seed=10).save(folder / "images/source_v0.png")
-        make_image(64, 48, seed=20).save(folder / "images/edited_v0.png")
-        w.writerow(["images/edited_v0.png", "images/source_v0.png", "Turn the cat into a dog", "v0"])
-    return folder
+    return add_validation_pairs(make_dataset(tmp_path_factory.mktemp("data") / "ds"), ["v0"],
+                                size=(64, 48))
 
 
 @pytest.fixture(scope="module")

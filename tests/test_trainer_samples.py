@@ -1,7 +1,6 @@
 """Sample edits of the validation pairs at each checkpoint: real trainer runs on the demo model."""
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
@@ -11,8 +10,7 @@ from PIL import Image
 
 from studio.trainer.args import parse_args
 from studio.trainer.samples import file_names, list_samples
-from tests.conftest import make_image
-from tests.trainer_helpers import lora, make_dataset, max_diff, run_trainer
+from tests.trainer_helpers import add_validation_pairs, lora, make_dataset, max_diff, run_trainer
 
 pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
 
@@ -23,17 +21,9 @@ VAL_SIZE = (64, 48)  # a different shape from the 64x64 training pairs: output f
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    folder = make_dataset(tmp_path_factory.mktemp("data") / "ds")
-    with open(folder / "metadata_validation.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "edit_image", "prompt", "sample_id"])
-        for i in range(2):
-            make_image(*VAL_SIZE, seed=10 + i).save(folder / f"images/source_v{i}.png")
-            make_image(*VAL_SIZE, seed=20 + i).save(folder / f"images/edited_v{i}.png")
-            # An id with a slash: the file name must still be safe.
-            w.writerow([f"images/edited_v{i}.png", f"images/source_v{i}.png",
-                        f"Turn the cat into a dog, {i}", f"val/{i}"])
-    return folder
+    # Ids with a slash: the sample file names must still be safe.
+    return add_validation_pairs(make_dataset(tmp_path_factory.mktemp("data") / "ds"),
+                                ["val/0", "val/1"], size=VAL_SIZE)
 
 
 @pytest.fixture(scope="module")

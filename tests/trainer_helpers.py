@@ -33,6 +33,21 @@ def make_dataset(folder: Path, n: int = 4, size: int = 64) -> Path:
     return folder
 
 
+def add_validation_pairs(folder: Path, ids: list[str], size: tuple[int, int] = (64, 64),
+                         seed: int = 10, prompt: str = "Turn the cat into a dog") -> Path:
+    """metadata_validation.csv with one held-out pair per id (ids may hold a slash: the
+    sample file names must still be safe)."""
+    with open(folder / "metadata_validation.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "edit_image", "prompt", "sample_id"])
+        for i, sample_id in enumerate(ids):
+            make_image(*size, seed=seed + i).save(folder / f"images/source_v{i}.png")
+            make_image(*size, seed=seed + 10 + i).save(folder / f"images/edited_v{i}.png")
+            w.writerow([f"images/edited_v{i}.png", f"images/source_v{i}.png",
+                        prompt if len(ids) == 1 else f"{prompt}, {i}", sample_id])
+    return folder
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
