@@ -66,6 +66,9 @@ def build_row(store: Store, project: str, candidate: Candidate,
     }
     row["issues"] = pair_issues(row, max_pixels)
     row["status"] = status_of(row["issues"])
+    # Its files were just stored and duplicates are marked after the batch: a full check at
+    # this max_pixels, so a launch at it checks the pair no more.
+    row["checked_pixels"] = max_pixels
     return row
 
 
@@ -180,5 +183,5 @@ def mark_duplicates(store: Store, project: str, max_pixels: int = DEFAULT_MAX_PI
                 row = pairs.require(project, pair_id)
                 updates.append((pair_id, pair_issues(row, max_pixels) + [
                     issue("warning", f"duplicate: same source and target images as {others}")]))
-        pairs.set_issues(updates)
+        pairs.set_issues(updates, checked_pixels=max_pixels)
     return len(updates)
