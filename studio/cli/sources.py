@@ -7,7 +7,8 @@ import json
 
 from tqdm import tqdm
 
-from ..dataset.attached import CAN, CANNOT, CHECKED_ROWS, attach_parquet, checked_rows, first_rows, open_source
+from ..dataset.attached import (CAN, CANNOT, CHECKED_ROWS, attach_parquet, checked_rows, first_rows,
+                               notes, open_source)
 from ..dataset.parquet_rows import Row
 from .project import open_store
 
@@ -64,9 +65,7 @@ class _FileBar:
 def describe(row: Row) -> str:
     sizes = "  ".join(f"{role} {w}×{h}" for role, (w, h) in row.sizes.items())
     text = f"{row.where}\tid {row.sample_id}\t{sizes}\t{json.dumps(row.prompt, ensure_ascii=False)}"
-    notes = [f"cannot train: {row.problem}"] if row.problems else \
-        [f"{i['level']}: {i['message']}" for i in row.issues if i["level"] != "info"]
-    return text + "".join(f"\n    {n}" for n in notes)
+    return text + "".join(f"\n    {n}" for n in notes(row))
 
 
 def print_limits() -> None:

@@ -31,6 +31,12 @@ def pick_dtype(device: str, requested: str | None = None) -> torch.dtype:
     return torch.float32 if device.split(":")[0] == "cpu" else torch.bfloat16
 
 
+def training_dtype(device: str, mixed_precision: str) -> torch.dtype:
+    """The dtype a run computes (and encodes) in, from its --mixed_precision."""
+    requested = {"auto": None, "no": "fp32", "bf16": "bf16", "fp16": "fp16"}[mixed_precision]
+    return pick_dtype(device, requested)
+
+
 def free_memory(device) -> None:
     """Give what was freed back to the device (after dropping a model): collect, then empty
     the allocator's cache on CUDA/NPU."""

@@ -127,7 +127,7 @@ class Editor:
         setting = EditSetting(width=size[0], height=size[1], edit_images=images,
                               savers=self.savers, cpu_offload=self.cpu_offload and self.device != "cpu",
                               device=self.device.split(":")[0],
-                              dtype_bytes=torch.empty(0, dtype=self.dtype).element_size())
+                              dtype_bytes=self.dtype.itemsize)
         plan = edit_plan(self.info.path, setting)
         return plan, verdict(plan, budget(self.device))
 

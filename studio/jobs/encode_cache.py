@@ -84,10 +84,9 @@ def encoding_options(model: str, preset: str, **fields) -> TrainOptions:
 
 def _expected_dtype(opts: TrainOptions) -> str:
     """The dtype a run with `opts` encodes in (the trainer's _dtype rule)."""
-    from ..engine.devices import pick_dtype
+    from ..engine.devices import training_dtype
 
-    requested = {"auto": None, "no": "fp32", "bf16": "bf16", "fp16": "fp16"}[opts.mixed_precision]
-    return str(pick_dtype(opts.device, requested))
+    return str(training_dtype(opts.device, opts.mixed_precision))
 
 
 def matching(root: Path, opts: TrainOptions) -> list[EncodedCache]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..engine.devices import training_dtype
 from ..engine.memory.plan import Plan, TrainSetting, size, train_plan
 from ..engine.memory.verdict import Budget, Verdict, budget, train_verdict
 from .launch import PRESET_CARD_GB, TRAIN_PRESETS, TrainOptions
@@ -12,10 +13,10 @@ DRIVER_GB = 0.5  # what the driver and the CUDA/CANN context take of a card befo
 
 
 def setting(opts: TrainOptions) -> TrainSetting:
-    precise = opts.mixed_precision == "no" or (opts.mixed_precision == "auto" and opts.device == "cpu")
+    dtype = training_dtype(opts.device, opts.mixed_precision)
     return TrainSetting.of(opts, device=opts.device, mode=opts.mode,
                            processes_per_node=opts.processes_per_node,
-                           num_machines=opts.num_machines, dtype_bytes=4 if precise else 2)
+                           num_machines=opts.num_machines, dtype_bytes=dtype.itemsize)
 
 
 @dataclass

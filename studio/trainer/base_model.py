@@ -46,7 +46,7 @@ def memory_plan(args, model_path: Path, device: torch.device, dtype: torch.dtype
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     setting = TrainSetting.of(args, device=device.type, mode=mode, processes_per_node=per_node,
                               num_machines=max(1, world // per_node),
-                              dtype_bytes=torch.empty(0, dtype=dtype).element_size())
+                              dtype_bytes=dtype.itemsize)
     planned = train_plan(model_path, setting)
     return planned, train_verdict(model_path, setting, planned, budget(str(device)))
 

@@ -76,10 +76,9 @@ def _setup_logging(output: Path) -> None:
 
 
 def _dtype(args, device: torch.device) -> torch.dtype:
-    from studio.engine.devices import pick_dtype
+    from studio.engine.devices import training_dtype
 
-    requested = {"auto": None, "no": "fp32", "bf16": "bf16", "fp16": "fp16"}[args.mixed_precision]
-    return pick_dtype(device.type, requested)
+    return training_dtype(device.type, args.mixed_precision)
 
 
 def _model_folder(spec: str) -> Path:
