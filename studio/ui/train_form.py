@@ -31,6 +31,7 @@ TRAINER_FIELDS = [
     ("max_pixels", lambda v: gr.Number(v, label="Max pixels", precision=0,
                                        info="target area; 1048576 = 1 MP, MindSpeed uses 262144")),
     ("edit_image_auto_resize", lambda v: gr.Checkbox(v, label="Edit image at ~1 MP",
+                                                     elem_id="train-edit-auto-resize",
                                                      info="as the reference; off: at the "
                                                           "target's size (less memory)")),
     ("dataset_repeat", lambda v: gr.Number(v, label="Dataset repeat", precision=0)),

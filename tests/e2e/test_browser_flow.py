@@ -110,6 +110,8 @@ def train_stop_resume(page: Page) -> None:
     max_steps = page.get_by_label("Max steps")
     max_steps.fill(str(TRAIN_STEPS))
     max_steps.press("Tab")
+    # 1 MP edit images: steps slow enough on the demo to stop the run halfway.
+    page.locator("#train-edit-auto-resize input").check()
     page.locator("#train-start").click()
     expect(page.locator("#train-run input").first).to_have_value(re.compile(r"#\d+"))
     first = wait_for(lambda: train_step(page) > 0 and train_step(page), 180, "the first step")
