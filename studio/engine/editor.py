@@ -185,7 +185,7 @@ class Editor:
     @property
     def defaults(self) -> dict:
         """Sampler defaults: the real model's recommended settings; few steps on the demo."""
-        return {"steps": 4 if self.info.is_demo else 50, "true_cfg_scale": 4.0}
+        return self.info.sampler_defaults
 
     def default_size(self, image: Image.Image) -> tuple[int, int]:
         return size_for_area(*image.size, self.info.native_area)

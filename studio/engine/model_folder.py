@@ -42,6 +42,11 @@ class ModelInfo:
     is_demo: bool
     native_area: int  # default output area in pixels (the real model works at ~1 MP)
 
+    @property
+    def sampler_defaults(self) -> dict:
+        """The model card's sampler settings (steps, true CFG); few steps on the demo."""
+        return {"steps": 4 if self.is_demo else 50, "true_cfg_scale": 4.0}
+
 
 def shard_index(folder: Path) -> tuple[dict[Path, set[str]], list[str]]:
     """A component folder's *.safetensors.index.json files and the shards each names, and a

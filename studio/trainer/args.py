@@ -6,6 +6,7 @@ shell scripts translate flag for flag; the studio-only flags come last.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from studio.engine.lora_targets import DEFAULT_TARGETS  # noqa: F401 - the flag's default, re-exported
 from studio.engine.savers import QUANTIZE_CHOICES
@@ -122,6 +123,12 @@ def build_parser(cls: type[argparse.ArgumentParser] = argparse.ArgumentParser):
                    help="denoising steps per sample edit")
     p.add_argument("--sample_true_cfg_scale", type=float, default=1.0,
                    help="true CFG for sample edits (1 = off, twice as fast)")
+    p.add_argument("--sample_lora", default=None,
+                   help="a few-step LoRA file stacked under the trained LoRA in the sample edits, "
+                        "to preview what a deployment with it shows (set the steps and CFG it "
+                        "was made for)")
+    p.add_argument("--sample_lora_strength", type=float, default=1.0,
+                   help="strength of --sample_lora")
     p.add_argument("--max_samples", type=int, default=4,
                    help="sample edits per checkpoint (the first N validation pairs)")
     p.add_argument("--validation_loss", default=True, action=argparse.BooleanOptionalAction,
@@ -163,6 +170,10 @@ def parse_args(argv: list[str] | None = None,
         parser.error("--offload_blocks must be 0 or more")
     if args.max_samples < 0:
         parser.error("--max_samples must be 0 or more")
+    if args.sample_lora and not Path(args.sample_lora).expanduser().is_file():
+        parser.error(f"--sample_lora {args.sample_lora}: no such file")
+    if not 0.0 <= args.sample_lora_strength <= 2.0:
+        parser.error("--sample_lora_strength must be between 0 and 2")
     if args.encode_only and args.no_cache:
         parser.error("--encode_only fills the cache; it cannot go with --no_cache")
     return args

@@ -21,7 +21,7 @@ from studio.engine.devices import peak_memory_gb
 from studio.engine.savers import Savers
 
 from . import (base_model, checkpoint, dist, faults, parquet_pairs, run_files, sample_render,
-               samples, steplog, validation)
+               samples, scoreboard, steplog, validation)
 from .args import parse_args
 from .cache import EncodedCache, PairEncoder, model_fingerprint
 from .data import DatasetError, load_pairs, load_validation_pairs
@@ -397,8 +397,12 @@ def train(args) -> int:
                                               [p.sample_id for p in held_out], output)
     scored = lambda done: _scored(args, order, total, done)  # noqa: E731
     _fill_in(output, start, scored, validator, sampler, transformer, args, device, dtype)
+    # Rank 0 scores sample edits in the background; what a kill left unscored is scored now.
+    scorer = scoreboard.Scorer(output, enabled=dist.is_main())
+    scorer.catch_up()
     if start >= total:
         log.info("nothing to do: %d of %d steps already done", start, total)
+        scorer.close()  # the scoreboard is whole when the run ends
         return 0
 
     schedule = TrainingSchedule()
@@ -453,11 +457,14 @@ def train(args) -> int:
                      validator.record(done, transformer, device, dtype))
         if sample_render.due(args, done, scored(done), stopping):
             sample_render.render(sampler, transformer, done, output)  # rank 0; None elsewhere
+            scorer.catch_up()
             dist.barrier()
         if stopping:
+            scorer.close()  # the scoreboard is whole when the run ends
             log.info("stopped by %s after step %d; continue with --resume", stop.signal_name or
                      "another rank's signal", done)
             return 0
+    scorer.close()  # the scoreboard is whole when the run ends
     log.info("done: %d steps in %.1fs; LoRA at %s", total, time.perf_counter() - started,
              output / run_files.FINAL)
     return 0

@@ -38,10 +38,11 @@ def add_lora(transformer, rank: int, alpha: float, targets: str | list[str]) -> 
 
 
 def lora_parameters(transformer) -> dict[str, torch.nn.Parameter]:
-    """Trainable LoRA parameters by canonical name (`....to_q.lora_A.weight`)."""
+    """Trainable LoRA parameters by canonical name (`....to_q.lora_A.weight`); the run's own
+    adapter only (a preview's few-step LoRA may sit beside it)."""
     suffix = f".{ADAPTER}.weight"
     return {name.replace(suffix, ".weight"): p for name, p in transformer.named_parameters()
-            if ".lora_A." in name or ".lora_B." in name}
+            if f".lora_A{suffix}" in name or f".lora_B{suffix}" in name}
 
 
 def export_state(transformer, rank: int, alpha: float) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 the job manager, the CLI and the UI read them. No torch here, so readers stay light.
 
     metrics.jsonl, validation.jsonl     one JSON object per step (steplog.py)
+    scoreboard.jsonl                    the sample edits' scores per step (scoreboard.py)
     train.log                           the trainer's own log (rank 0)
     step-000010.safetensors             a LoRA checkpoint; final.safetensors at the end
     states/step-000010/                 a resume state (state.json marks it complete)
@@ -24,6 +25,7 @@ from pathlib import Path
 
 METRICS = "metrics.jsonl"
 VALIDATION = "validation.jsonl"
+SCOREBOARD = "scoreboard.jsonl"
 LOG = "train.log"
 FINAL = "final.safetensors"
 STATES = "states"

@@ -20,11 +20,17 @@ import torch
 from PIL import Image
 
 from ..engine.devices import free_memory
+from ..engine.editor import lora_in_compute_dtype
 from ..engine.encoding_memo import EncodingMemo
 from ..engine.savers import Savers
 from . import faults, samples
 from .cache import encoding_pipeline
 from .data import Pair, load_validation_pairs, sized_image, target_size
+from .lora_io import ADAPTER
+
+PREVIEW_ADAPTER = "preview"  # the few-step LoRA's name beside the run's own adapter
+CHEAP_NOTE = ("cheap previews: fewer steps and no CFG, unlike what a deployment at the model "
+              "card's settings shows")
 
 log = logging.getLogger("studio.trainer")
 
@@ -39,12 +45,17 @@ def validation_pairs(args) -> list[Pair]:
 class SampleRenderer:
     def __init__(self, model_path: Path, pipeline_class: str, pairs: list[Pair], device,
                  dtype: torch.dtype, max_pixels: int, fixed: tuple[int, int] | None,
-                 inference_steps: int, true_cfg_scale: float, savers: Savers = Savers()):
+                 inference_steps: int, true_cfg_scale: float, savers: Savers = Savers(),
+                 lora: Path | None = None, lora_strength: float = 1.0, model_card: dict | None = None):
         import diffusers
 
         self.cls = getattr(diffusers, pipeline_class)
         self.plus = pipeline_class == "QwenImageEditPlusPipeline"
         self.device, self.steps, self.cfg = device, inference_steps, true_cfg_scale
+        self.dtype, self.lora, self.lora_strength = dtype, lora, lora_strength
+        self.lora_loaded = False
+        self.preview = preview_settings(inference_steps, true_cfg_scale, lora, lora_strength,
+                                        savers, dtype, model_card)
         # The text encoder with the run's savers, as for the training pairs.
         pipe = encoding_pipeline(model_path, pipeline_class, device, dtype, savers)
         self.items = []
@@ -103,19 +114,34 @@ class SampleRenderer:
         entries = []
         try:
             transformer.eval()
+            self._stack_preview_lora(pipe, transformer)
             self.parts["vae"].to(self.device)
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 for item, name in zip(self.items, names):
                     entries.append(self._one(pipe, item, staging / name))
             faults.point("samples", step)  # edits made, not published
         finally:
+            if self.lora_loaded:  # the run's adapter alone again, the preview's frozen
+                transformer.set_adapters([ADAPTER], [1.0])
             transformer.train(was_training)
             self.parts["vae"].to("cpu")
             del pipe
             free_memory(self.device)
         index = {"step": step, "inference_steps": self.steps, "true_cfg_scale": self.cfg,
-                 "samples": entries}
+                 "preview": self.preview, "samples": entries}
         return samples.publish(staging, output, step, index)
+
+    def _stack_preview_lora(self, pipe, transformer) -> None:
+        """The few-step LoRA under the run's: loaded once (diffusers reads every key layout),
+        both active while sampling. set_adapters also freezes what it leaves out, so the run's
+        adapter is set back alone afterwards (render's finally)."""
+        if self.lora is None:
+            return
+        if not self.lora_loaded:
+            lora_in_compute_dtype(transformer, self.dtype)
+            pipe.load_lora_weights(str(self.lora), adapter_name=PREVIEW_ADAPTER)
+            self.lora_loaded = True
+        transformer.set_adapters([ADAPTER, PREVIEW_ADAPTER], [1.0, self.lora_strength])
 
     def _one(self, pipe, item: dict, path: Path) -> dict:
         pair, on = item["pair"], lambda t: None if t is None else t.to(self.device)
@@ -135,6 +161,18 @@ class SampleRenderer:
         return entry
 
 
+def preview_settings(steps: int, cfg: float, lora: Path | None, strength: float, savers: Savers,
+                     dtype: torch.dtype, model_card: dict | None) -> dict:
+    """How the sample edits are made, as the scoreboard reports it; `cheap` when they use fewer
+    steps or less CFG than the model card and no few-step LoRA stands in for that."""
+    card = model_card or {}
+    cheap = lora is None and (steps < card.get("steps", steps) or cfg < card.get("true_cfg_scale", cfg))
+    return {"inference_steps": steps, "true_cfg_scale": cfg,
+            "lora": str(lora) if lora else None, "lora_strength": strength if lora else None,
+            "savers": savers.describe(), "dtype": str(dtype).removeprefix("torch."),
+            "model_card": card or None, "cheap": cheap}
+
+
 def setup(args, info, device, dtype) -> SampleRenderer | None:
     """Rank 0's renderer, or None (no validation pairs, sampling off, or it failed: logged,
     training goes on)."""
@@ -143,12 +181,16 @@ def setup(args, info, device, dtype) -> SampleRenderer | None:
         if not pairs:
             return None
         fixed = (args.width, args.height) if args.width else None
+        lora = Path(args.sample_lora).expanduser() if args.sample_lora else None
         renderer = SampleRenderer(info.path, info.pipeline_class, pairs, device, dtype,
                                   args.max_pixels, fixed, args.sample_inference_steps,
-                                  args.sample_true_cfg_scale, Savers.of(args))
-        log.info("sample edits: %d validation pair(s), %d steps, true_cfg_scale %g, %s",
+                                  args.sample_true_cfg_scale, Savers.of(args), lora,
+                                  args.sample_lora_strength, info.sampler_defaults)
+        log.info("sample edits: %d validation pair(s), %d steps, true_cfg_scale %g%s, %s%s",
                  len(pairs), args.sample_inference_steps, args.sample_true_cfg_scale,
-                 f"every {args.sample_steps} steps" if args.sample_steps else "at each checkpoint")
+                 f", under {lora.name} at {args.sample_lora_strength:g}" if lora else "",
+                 f"every {args.sample_steps} steps" if args.sample_steps else "at each checkpoint",
+                 f" ({CHEAP_NOTE})" if renderer.preview["cheap"] else "")
         return renderer
     except Exception as exc:  # noqa: BLE001 - samples are a view on training, never its end
         log.warning("sample edits disabled: %s: %s", type(exc).__name__, exc)
