@@ -2,7 +2,9 @@
 
 Each output is written as <out>/<name>.png with a line in <out>/index.jsonl. Inputs whose
 output already exists are skipped, so an interrupted batch goes on where it stopped; an
-input that fails is reported and the others still run.
+input that fails is reported and the others still run. An input with a target (a dataset
+pair) is scored against its pair (engine/edit_metrics.py), and the index ends with one
+summary line per adapter stack: the mean over its scored outputs, "output" null.
 """
 from __future__ import annotations
 
@@ -16,7 +18,11 @@ from typing import Callable
 from PIL import Image
 
 from ..dataset.naming import IMAGE_EXTENSIONS
+from . import edit_metrics
+from .compare import mean_scores
 from .editor import Editor
+
+INDEX = "index.jsonl"
 
 
 @dataclass
@@ -33,6 +39,7 @@ class BatchReport:
     skipped: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)  # (input name, reason)
     seconds: float = 0.0
+    summaries: list[dict] = field(default_factory=list)  # the index's summary lines
 
 
 def folder_items(folder: str | Path, prompt: str | None) -> tuple[list[BatchItem], list[tuple[str, str]]]:
@@ -71,15 +78,58 @@ def edit_batch(editor: Editor, items: list[BatchItem], out_dir: str | Path, *, o
                 report.errors.append((item.name, str(exc)))
             else:
                 _save(result.image, out)
-                _append(out_dir / "index.jsonl", {
+                metrics = _score(result.image, item, report)
+                _append(out_dir / INDEX, {
                     "output": out.name, "inputs": [str(p) for p in item.inputs],
                     "target": str(item.target) if item.target else None,
-                    "seconds": round(result.seconds, 3), **result.params})
+                    "seconds": round(result.seconds, 3), **result.params, "metrics": metrics})
                 report.written.append(out)
         if progress:
             progress(done, len(items))
+    report.summaries = summarize(out_dir / INDEX)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _score(output: Image.Image, item: BatchItem, report: BatchReport) -> dict | None:
+    if not item.target:
+        return None
+    try:
+        return edit_metrics.score(output, item.inputs[0], item.target)
+    except (OSError, ValueError) as exc:  # the target went missing or is not an image
+        report.errors.append((item.name, f"not scored (its output is written): {exc}"))
+        return None
+
+
+def summarize(index: Path) -> list[dict]:
+    """Replace the index's summary lines with fresh ones, one per adapter stack, over every
+    scored output it lists (also those of earlier, resumed calls; an overwritten output's
+    latest line only). A line that is not JSON is kept as it is."""
+    if not index.is_file():
+        return []
+    rows = []
+    for line in index.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            rows.append(line)
+    latest = {r["output"]: r for r in rows if isinstance(r, dict) and r.get("output")}
+    kept = [r for r in rows if isinstance(r, str) or r is latest.get(r.get("output"))]
+    groups: dict[str, list[dict]] = {}
+    for row in latest.values():
+        if row.get("metrics"):
+            groups.setdefault(json.dumps(row.get("adapters", [])), []).append(row["metrics"])
+    summaries = [{"output": None, "summary": True, "adapters": json.loads(key),
+                  "scored": len(scores), "metrics": mean_scores(scores)}
+                 for key, scores in groups.items()]
+    if summaries or len(kept) < len(rows):
+        partial = index.with_name(f".{index.name}.part")
+        partial.write_text("".join(r + "\n" if isinstance(r, str) else _line(r)
+                                   for r in kept + summaries), encoding="utf-8")
+        os.replace(partial, index)  # a crash leaves the old index, never half of one
+    return summaries
 
 
 def _save(image: Image.Image, path: Path) -> None:
@@ -88,6 +138,10 @@ def _save(image: Image.Image, path: Path) -> None:
     os.replace(partial, path)  # a stopped batch leaves no half-written output to skip later
 
 
+def _line(row: dict) -> str:
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
 def _append(index: Path, row: dict) -> None:
     with index.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.write(_line(row))
