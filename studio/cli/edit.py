@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 from ..engine.adapters import resolve_adapter
 from ..engine.batch import BatchItem, edit_batch, folder_items
+from ..engine.compare import metrics_line
 from ..engine.editor import Editor
 from ..engine.models import resolve_model
 from ..engine.savers import QUANTIZE_CHOICES
@@ -103,7 +104,9 @@ def register(sub) -> None:
     add_sampler_options(b)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--adapter", action="append", default=[], metavar="ID|FILE[:STRENGTH]")
-    b.add_argument("--out-dir", required=True, help="outputs <name>.png and index.jsonl")
+    b.add_argument("--out-dir", required=True,
+                   help="outputs <name>.png and index.jsonl (with --project: each edit's metrics "
+                        "against its pair, and a summary line per adapter)")
     b.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     b.set_defaults(handler=run_batch)
 
@@ -150,12 +153,16 @@ def run(args) -> int:
     return 0
 
 
+def pair_item(pairs, project: str, pair: dict) -> BatchItem:
+    """A dataset pair as an edit: its sources, instruction and target."""
+    return BatchItem(pair["sample_id"], [pairs.path(project, r)
+                                         for r in [pair["source_path"], *pair["extra_sources"]]],
+                     pair["instruction"] or "", pairs.path(project, pair["target_path"]))
+
+
 def project_items(args) -> list[BatchItem]:
     pairs = open_store(args).pairs
-    return [BatchItem(p["sample_id"], [pairs.path(args.project, r)
-                                       for r in [p["source_path"], *p["extra_sources"]]],
-                      p["instruction"] or "", pairs.path(args.project, p["target_path"]))
-            for p in pairs.iterate(args.project, split=args.split)]
+    return [pair_item(pairs, args.project, p) for p in pairs.iterate(args.project, split=args.split)]
 
 
 def run_batch(args) -> int:
@@ -175,6 +182,9 @@ def run_batch(args) -> int:
     errors = problems + report.errors
     for name, reason in errors:
         print(f"skipped {name}: {reason}")
+    for summary in report.summaries:
+        names = " + ".join(f"{a['label']} @ {a['strength']:g}" for a in summary["adapters"]) or "base"
+        print(f"{names}, mean of {summary['scored']} scored: {metrics_line(summary['metrics'])}")
     print(f"wrote {len(report.written)} edit(s) to {args.out_dir} in {report.seconds:.1f}s"
           f" ({report.skipped} already there, {len(errors)} failed)")
     return 1 if errors else 0

@@ -28,8 +28,8 @@ def build(store: Store, editor: Editor, project: gr.Dropdown):
             with gr.Row():
                 pair_id = gr.Number(label="Dataset pair id", precision=0, scale=2)
                 use_pair = gr.Button("Use this dataset pair", scale=1)
-            target = gr.Image(type="pil", label="Dataset target (shown beside the grid)",
-                              interactive=False, visible=False)
+            target = gr.Image(type="pil", interactive=False, visible=False,
+                              label="Dataset target (in the grid; each column is scored against it)")
             prompt = gr.Textbox(label="Instruction", lines=2, elem_id="compare-prompt")
             negative = gr.Textbox(label="Negative prompt", placeholder="optional")
             chosen = gr.Dropdown([(BASE, BASE)], value=[BASE], multiselect=True,
@@ -79,6 +79,10 @@ def build(store: Store, editor: Editor, project: gr.Dropdown):
         (out / "comparison.json").write_text(json.dumps(result.params, indent=2))
         note = (f"{len(result.seeds)} seed(s) × {len(result.columns)} column(s) in "
                 f"{result.seconds:.1f}s")
+        if result.metrics:
+            note += (" · under each column: its metrics against the dataset pair"
+                     f"{' (mean of the seeds)' if len(result.seeds) > 1 else ''}, all of them"
+                     " in the JSON")
         if project_name:
             row = store.save_edit(project_name, [input_image], result.grid, result.params,
                                   result.seconds, kind="compare")
@@ -104,5 +108,7 @@ def build(store: Store, editor: Editor, project: gr.Dropdown):
     common.wire_pair_and_cancel(store, editor, project, pair_id, use_pair, cancel, image, prompt,
                                 target)
     whole_run.input(on_whole_run, [project, whole_run], chosen, api_name="compare_whole_run")
+    # A new upload is no longer the pair's source: its target would score the wrong edit.
+    image.upload(lambda: gr.Image(value=None, visible=False), None, target, api_name=False)
     project.change(on_project, project, [chosen, whole_run], api_name=False)
     return on_project, project, [chosen, whole_run]
