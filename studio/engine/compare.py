@@ -8,6 +8,7 @@ When the input is a dataset pair with a target, every cell is scored against the
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -26,10 +27,11 @@ SHORT = (("psnr", "PSNR {:.1f}"), ("ssim", "SSIM {:.2f}"), ("preserved_share", "
 
 def mean_scores(scores: list[dict]) -> dict[str, float | None]:
     """The mean of each metric over several edits' scores, leaving out the edits where it was
-    not measurable; None where none measured it."""
+    not measurable (None, or not finite: JSON has no NaN); None where none measured it."""
     means = {}
     for metric in edit_metrics.METRICS:
-        values = [s[metric.name] for s in scores if s.get(metric.name) is not None]
+        values = [s[metric.name] for s in scores
+                  if s.get(metric.name) is not None and math.isfinite(s[metric.name])]
         means[metric.name] = sum(values) / len(values) if values else None
     return means
 
