@@ -9,7 +9,8 @@ from studio.cli import main
 from studio.engine import edit_metrics
 from studio.engine.adapters import AdapterRef
 from studio.engine.batch import BatchItem, edit_batch
-from studio.engine.compare import compare, mean_scores, metrics_line, plan_columns
+from studio.engine.compare import compare, plan_columns
+from studio.engine.edit_metrics import mean_scores, metrics_line
 from studio.engine.grid import PAD, _font, draw_grid, wrap
 from tests.conftest import make_image
 from tests.lora_files import random_lora, save_lora

@@ -8,7 +8,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from ..engine.compare import BASE, compare, metrics_line, plan_columns
+from ..engine.compare import BASE, compare, plan_columns
+from ..engine.edit_metrics import metrics_line
 from .edit import (add_model_options, add_sampler_options, load_images, make_editor, pair_item,
                    parse_size, resolve_adapters)
 from .project import open_store

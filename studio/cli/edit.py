@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from ..engine.adapters import resolve_adapter
 from ..engine.batch import BatchItem, edit_batch, folder_items
-from ..engine.compare import metrics_line
+from ..engine.edit_metrics import metrics_line
 from ..engine.editor import Editor
 from ..engine.models import resolve_model
 from ..engine.savers import QUANTIZE_CHOICES

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..dataset.naming import IMAGE_EXTENSIONS
 from . import edit_metrics
-from .compare import mean_scores
+from .edit_metrics import mean_scores
 from .editor import Editor
 
 INDEX = "index.jsonl"

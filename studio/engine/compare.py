@@ -8,7 +8,6 @@ When the input is a dataset pair with a target, every cell is scored against the
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -21,27 +20,6 @@ from .grid import Box, draw_grid
 
 BASE = "base"
 # The compact line under a column: the metrics a reader checks first, each short.
-SHORT = (("psnr", "PSNR {:.1f}"), ("ssim", "SSIM {:.2f}"), ("preserved_share", "kept {:.0%}"),
-         ("edit_strength", "edit {:.2f}x"), ("pixel_shift", "shift {:.1f}px"))
-
-
-def mean_scores(scores: list[dict]) -> dict[str, float | None]:
-    """The mean of each metric over several edits' scores, leaving out the edits where it was
-    not measurable (None, or not finite: JSON has no NaN); None where none measured it."""
-    means = {}
-    for metric in edit_metrics.METRICS:
-        values = [s[metric.name] for s in scores
-                  if s.get(metric.name) is not None and math.isfinite(s[metric.name])]
-        means[metric.name] = sum(values) / len(values) if values else None
-    return means
-
-
-def metrics_line(scores: dict) -> str:
-    """e.g. 'PSNR 21.3 · SSIM 0.71 · kept 97% · edit 0.85x · shift 0.4px' (measured ones only)."""
-    return " · ".join(form.format(scores[name]) for name, form in SHORT
-                      if scores.get(name) is not None)
-
-
 @dataclass
 class Column:
     label: str
@@ -107,11 +85,11 @@ def compare(editor: Editor, images: list[Image.Image], prompt: str, columns: lis
         if target is not None:
             scores.append([edit_metrics.score(cell, images[0], target) for cell in rows[-1]])
     per_column = [[row[c] for row in scores] for c in range(len(columns))] if scores else None
-    metrics = [mean_scores(cells) for cells in per_column] if per_column else None
+    metrics = [edit_metrics.mean_scores(cells) for cells in per_column] if per_column else None
     labels = [c.label for c in columns]
     shown = [[*images[:1], *([target] if target else []), *row] for row in rows]
     head = ["input", *(["target"] if target else [])]
-    footers = [""] * len(head) + [metrics_line(m) for m in metrics] if metrics else None
+    footers = [""] * len(head) + [edit_metrics.metrics_line(m) for m in metrics] if metrics else None
     grid, boxes = draw_grid(shown, head + labels, [f"seed {s}" for s in seeds],
                             cell=rows[0][0].size, footers=footers,
                             footer_label="mean" if len(seeds) > 1 else "")

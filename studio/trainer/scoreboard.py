@@ -101,14 +101,8 @@ class Scorer:
             self.pool.shutdown(wait=True)
 
 
-def _mean(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(values) / len(values) if values else None
-
-
 def summary_line(row: dict) -> str:
-    means = {m: _mean([p.get(m) for p in row["pairs"]]) for m in ("psnr", "ssim", "preserved_share")}
-    return ", ".join(f"{LABELS[m]} {v:.3g}" for m, v in means.items() if v is not None) or "no pairs"
+    return edit_metrics.metrics_line(edit_metrics.mean_scores(row["pairs"])) or "no pairs"
 
 
 def table(output: Path) -> list[dict]:
@@ -120,10 +114,9 @@ def table(output: Path) -> list[dict]:
     for step in sorted(set(losses) | set(scored)):
         entry = scored.get(step, {"pairs": []})
         row = {"step": step, VAL_LOSS: losses.get(step), "pairs": len(entry["pairs"]),
-               "preview": entry.get("preview"), "worst": {}}
+               "preview": entry.get("preview"), "worst": {}, **edit_metrics.mean_scores(entry["pairs"])}
         for metric in edit_metrics.METRICS:
             present = [p for p in entry["pairs"] if p.get(metric.name) is not None]
-            row[metric.name] = _mean([p[metric.name] for p in present])
             if present:
                 row["worst"][metric.name] = max(present, key=lambda p: metric.badness(p[metric.name]))["sample_id"]
         rows.append(row)
@@ -147,3 +140,32 @@ def meaning(metric: str) -> str:
         return ("Validation loss (lower is better): the training objective on the held-out pairs "
                 "at fixed noise, comparable across checkpoints.")
     return edit_metrics.meaning(metric)
+
+
+def around_best(rows: list[dict], metric: str, neighbours: int = 1) -> list[int]:
+    """The best checkpoint by `metric` and the checkpoints either side of it, in step order
+    (step 0, the model before training, is no checkpoint)."""
+    steps = [r["step"] for r in rows if r["step"] > 0]
+    top = best([r for r in rows if r["step"] > 0], metric)
+    if top is None:
+        return []
+    i = steps.index(top)
+    return steps[max(0, i - neighbours): i + neighbours + 1]
+
+
+def preview_note(rows: list[dict]) -> str:
+    """Which settings made the scored previews, and whether they are cheap ones."""
+    previews = [r["preview"] for r in rows if r.get("preview")]
+    if not previews:
+        return ""
+    p = previews[-1]
+    text = f"{p.get('inference_steps')} steps, true CFG {p.get('true_cfg_scale')}"
+    if p.get("lora"):
+        text += f", under {Path(p['lora']).name} at {p.get('lora_strength')}"
+    if p.get("savers"):
+        text += f", {p['savers']}"
+    if p.get("cheap"):
+        text += (" — cheap previews: a deployment at the model card's settings "
+                 f"({(p.get('model_card') or {}).get('steps')} steps, true CFG "
+                 f"{(p.get('model_card') or {}).get('true_cfg_scale')}) looks different")
+    return text
