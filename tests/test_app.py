@@ -81,7 +81,7 @@ def test_edit_with_an_adapter_and_compare_base_with_it(app_url, demo_model, tmp_
     assert "compare" in kinds
 
 
-def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model):
+def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model, capsys):
     from studio.dataset.synthetic_pairs import add_synthetic_pairs
     from studio.ui.train_form import FIELDS, preset_values
 
@@ -137,6 +137,31 @@ def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model):
     columns = client.predict("trainee", run_id, api_name="/compare_whole_run")
     by_step = sorted(store.list_adapters("trainee"), key=lambda a: a["step"])
     assert columns["value"] == ["base", *(str(a["id"]) for a in by_step)]
+
+    # The scoreboard: one row per checkpoint (and step 0's validation loss), the held-out
+    # pair's edit scored at each; the best by a metric and its neighbours go to Compare.
+    summary, table, plot = client.predict(run_id, "psnr", api_name="/train_scoreboard")
+    assert "Best checkpoint by it: **step" in summary
+    assert "3 steps, true CFG 1.0" in summary and "cheap previews" in summary  # the demo card: 4, CFG 4
+    assert [row[table["headers"].index("step")] for row in table["data"]] == [0, 2, 4]
+    psnr = table["headers"].index("PSNR (dB)")
+    assert table["data"][0][psnr] == "–" and all("worst:" in r[psnr] for r in table["data"][1:])
+    assert [row[0] for row in plot["data"]] == [2, 4]
+    best_row = next(r for r in table["data"] if r[0] == "★")
+    columns = client.predict(run_id, "psnr", api_name="/train_use_in_compare")
+    assert columns["value"][0] == "base" and str(by_step[[a["step"] for a in by_step].index(
+        best_row[1])]["id"]) in columns["value"]
+    assert len(columns["value"]) == 3  # base, the best and its one neighbour
+    from studio.cli import main as cli_main
+
+    assert cli_main(["--projects-dir", str(projects), "runs", "show", str(run_id), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [r["step"] for r in shown["scoreboard"]] == [0, 2, 4]
+    assert shown["best"]["psnr"] == best_row[1]
+    assert [r["pairs"] for r in shown["scoreboard"]] == [0, 1, 1]
+    assert cli_main(["--projects-dir", str(projects), "runs", "show", str(run_id)]) == 0
+    text = capsys.readouterr().out
+    assert "scoreboard:" in text and "psnr" in text and "worst pair at step 4" in text
 
     # Its settings come back into the form, e.g. to start a variant of it.
     preset, model, env_text, *form_back = client.predict(run_id, api_name="/train_reuse")

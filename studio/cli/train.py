@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from ..jobs.manager import JobManager
 from ..jobs.launch import TRAIN_PRESETS, TrainOptions
+from ..trainer import scoreboard
 from .project import open_store
 
 # CLI flag -> TrainOptions field, for the options passed straight through.
@@ -29,6 +30,7 @@ OPTION_FLAGS = {
     "--sample-steps": ("sample_steps", int), "--max-samples": ("max_samples", int),
     "--sample-inference-steps": ("sample_inference_steps", int),
     "--sample-cfg": ("sample_true_cfg_scale", float),
+    "--sample-lora": ("sample_lora", str), "--sample-lora-strength": ("sample_lora_strength", float),
     "--lora-targets": ("lora_target_modules", str), "--init-lora": ("lora_checkpoint", str),
     "--quantize-base": ("quantize_base", str), "--offload-blocks": ("offload_blocks", int),
 }
@@ -43,6 +45,9 @@ HELP = {"--sample-steps": "sample edits of the validation pairs every N steps "
         "--lora-targets": "comma-separated LoRA target modules (default: the recipe's)",
         "--max-grad-norm": "clip the gradient norm (default: off; ZeRO-2 runs clip at 1.0)",
         "--sample-cfg": "true CFG scale of the sample edits (default 1 = off)",
+        "--sample-lora": "a few-step LoRA file stacked under the run's in the sample edits, to "
+                         "preview a deployment with it (set --sample-inference-steps and "
+                         "--sample-cfg to what it was made for)",
         "--quantize-base": "int8: the frozen transformer quantized by torchao (needs bf16)",
         "--offload-blocks": "transformer blocks kept in host memory, streamed to the device "
                             "layer by layer (slower; needs gradient checkpointing)",
@@ -186,15 +191,39 @@ def list_runs(args) -> int:
 def show_run(args) -> int:
     jobs = manager(args)
     snap = jobs.snapshot(args.id)
-    row = {**summary(jobs, snap), "log": snap["log"]}
+    board = jobs.scoreboard(args.id)
+    row = {**summary(jobs, snap), "log": snap["log"], "scoreboard": board,
+           "best": {m: scoreboard.best(board, m) for m in scoreboard.CHOICES}}
     if args.json:
         print(json.dumps(row, indent=2))
         return 0
     for key in ("id", "name", "project", "status", "step", "total", "loss", "val_loss", "pid",
                 "exit_code", "run_dir", "command", "error"):
         print(f"{key}: {row[key]}")
+    print("scoreboard:")
+    print_scoreboard(board, row["best"])
     print("log:\n  " + "\n  ".join(row["log"]))
     return 0
+
+
+def print_scoreboard(board: list[dict], best: dict) -> None:
+    """Checkpoint x metric (means over the validation pairs), * on the best per metric."""
+    if not any(r["pairs"] or r[scoreboard.VAL_LOSS] is not None for r in board):
+        print("  no scores: this run has no validation pairs (hold some out: "
+              "studio dataset split --validation N)")
+        return
+    names = scoreboard.CHOICES
+    print("  " + "step".rjust(6) + "".join(n.rjust(16) for n in names) + "  pairs")
+    for r in board:
+        cells = ["-" if r[n] is None else f"{r[n]:.4g}" + ("*" if best[n] == r["step"] else " ")
+                 for n in names]
+        print("  " + str(r["step"]).rjust(6) + "".join(c.rjust(16) for c in cells) + f"  {r['pairs']}")
+    worst = board[-1]["worst"] if board else {}
+    if worst:
+        print("  worst pair at step %d: %s" % (board[-1]["step"], ", ".join(f"{k} {v}" for k, v in worst.items())))
+    note = scoreboard.preview_note(board)
+    if note:
+        print(f"  previews: {note}")
 
 
 def stop_run(args) -> int:

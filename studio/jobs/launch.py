@@ -47,6 +47,8 @@ class TrainOptions:
     sample_steps: int | None = None  # None: at each checkpoint; 0: never
     sample_inference_steps: int = 8
     sample_true_cfg_scale: float = 1.0
+    sample_lora: str = ""           # a few-step LoRA under the run's in the previews
+    sample_lora_strength: float = 1.0
     max_samples: int = 4
     # Where and how it runs.
     device: str = "cpu"             # cpu | cuda | npu
@@ -179,6 +181,9 @@ def trainer_args(opts: TrainOptions, dataset_dir: Path, output_dir: Path, resume
     args += ["--sample_inference_steps", str(opts.sample_inference_steps),
              "--sample_true_cfg_scale", str(opts.sample_true_cfg_scale),
              "--max_samples", str(opts.max_samples)]
+    if opts.sample_lora:
+        args += ["--sample_lora", str(Path(opts.sample_lora).expanduser()),
+                 "--sample_lora_strength", str(opts.sample_lora_strength)]
     if opts.device == "cpu":
         args += ["--device", "cpu"]
     args += [str(a) for a in opts.source_args]

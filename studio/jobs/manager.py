@@ -23,7 +23,7 @@ from typing import Callable
 from ..engine.adapters import resolve_adapter
 from ..store import Store, now
 from ..store.runs import ACTIVE
-from ..trainer import run_files
+from ..trainer import run_files, scoreboard
 from ..trainer.accelerate_config import write_config
 from ..trainer.args import check_args
 from ..trainer.lora_io import check_compatible
@@ -109,6 +109,12 @@ class JobManager:
         from ..engine.models import resolve_model
 
         return resolve_model("demo", self.store.root)
+
+    def sampler_defaults(self, spec: str) -> dict:
+        """The model card's steps and true CFG for this model folder."""
+        from ..engine.model_folder import inspect_model_folder
+
+        return inspect_model_folder(self.model_folder(spec)).sampler_defaults
 
     def memory_plan(self, opts: TrainOptions) -> memory.RunPlan:
         return memory.run_plan(opts, self.model_folder(opts.model))
@@ -313,6 +319,24 @@ class JobManager:
                                        run_id=run["id"], step=step)
 
     # -- monitoring -----------------------------------------------------------------
+    def scoreboard(self, run_id: int) -> list[dict]:
+        """The run's checkpoints scored on its validation pairs (trainer/scoreboard.py)."""
+        run = self.runs.require(run_id)
+        return scoreboard.table(run_folder.output(Path(run["run_dir"])))
+
+    def best_adapters(self, run_id: int, metric: str) -> list[dict]:
+        """The adapters of the best checkpoint by `metric` and its neighbours, in step order."""
+        run = self.runs.require(run_id)
+        steps = scoreboard.around_best(self.scoreboard(run_id), metric)
+        if not steps:
+            raise ValueError(f"no checkpoint of run {run_id} has a {scoreboard.LABELS[metric]} yet")
+        project = self.runs.project_name(run)
+        adapters = {r["step"]: r for r in self.store.run_checkpoints(project).get(run_id, [])}
+        missing = [s for s in steps if s not in adapters]
+        if missing:
+            raise ValueError(f"step {missing[0]} of run {run_id} has no adapter (its file was removed?)")
+        return [adapters[s] for s in steps]
+
     def snapshot(self, run_id: int) -> dict:
         """Everything a monitor shows, of the run as it is now (reconciled first)."""
         return monitor.progress(self.reconcile_one(self.runs.require(run_id)))

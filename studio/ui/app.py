@@ -13,7 +13,8 @@ from ..engine.savers import QUANTIZE_CHOICES
 from ..paths import projects_dir
 from ..store import Store
 from ..jobs.manager import JobManager
-from . import compare_tab, dataset_tab, edit_tab, project_bar, security, train_tab
+from . import (compare_tab, dataset_tab, edit_tab, project_bar, scoreboard_panel, security,
+               train_tab)
 
 AUTH_ENV = "STUDIO_AUTH"
 
@@ -44,15 +45,25 @@ def build_app(store: Store, editor: Editor, jobs: JobManager) -> gr.Blocks:
         gr.Markdown("# Qwen Image Edit Studio")
         gr.Markdown(demo_notice(editor), elem_id="model-notice")
         project = project_bar.build(store)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Dataset"):
                 dataset_tab.build(store, project)
             with gr.Tab("Train", id="train") as train:
-                loaders = [(train, train_tab.build(store, jobs, project, str(editor.info.path)))]
+                train_parts = train_tab.build(store, jobs, project, str(editor.info.path))
+                loaders = [(train, train_parts.loader)]
             with gr.Tab("Edit", id="edit") as edit:
                 loaders.append((edit, edit_tab.build(store, editor, project)))
             with gr.Tab("Compare", id="compare") as compare:
                 loaders.append((compare, compare_tab.build(store, editor, project)))
+        compare_columns = loaders[-1][1][2][0]
+
+        def use_in_compare(run_id, metric):
+            return gr.Dropdown(value=scoreboard_panel.compare_picks(jobs, run_id, metric))
+
+        train_parts.use_in_compare.click(
+            use_in_compare, [train_parts.run_pick, train_parts.metric], compare_columns,
+            api_name="train_use_in_compare").success(
+            lambda: gr.Tabs(selected="compare"), None, tabs, api_name=False)
         loaders.append((None, project_bar.loader(store, project)))
         # Per-project choices (runs, adapters, history) are read fresh on every page load and
         # whenever a tab is opened, so an adapter trained a minute ago is there to pick.

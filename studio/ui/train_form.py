@@ -72,6 +72,10 @@ SAMPLE_FIELDS = [
                                                    precision=0, info="at least 2")),
     ("sample_true_cfg_scale", lambda v: gr.Number(v, label="Sample CFG scale",
                                                   info="1 = off, twice as fast")),
+    ("sample_lora", lambda v: gr.Textbox(v, label="Few-step LoRA under the previews",
+                                         info="a LoRA file (e.g. Lightning) stacked under the "
+                                              "run's; set the steps and CFG it was made for")),
+    ("sample_lora_strength", lambda v: gr.Number(v, label="Its strength", minimum=0, maximum=2)),
 ]
 DEVICE_FIELDS = [
     ("device", lambda v: gr.Dropdown(["cpu", "cuda", "npu"], value=v, label="Device")),
@@ -97,7 +101,8 @@ FIELDS = TRAINER_FIELDS + MEMORY_FIELDS + SAMPLE_FIELDS + DEVICE_FIELDS
 ZERO_IS_UNSET = ("max_steps", "save_steps", "lora_alpha", "max_grad_norm")
 EMPTY_IS_UNSET = ("sample_steps",)
 CHECKPOINTING = {"auto": None, "on": True, "off": False}
-FLOATS = ("learning_rate", "weight_decay", "lora_alpha", "max_grad_norm", "sample_true_cfg_scale")
+FLOATS = ("learning_rate", "weight_decay", "lora_alpha", "max_grad_norm", "sample_true_cfg_scale",
+          "sample_lora_strength")
 
 
 def options_from(model: str, env_text: str, values) -> TrainOptions:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 import gradio as gr
 import pandas as pd
 
 from ..jobs.manager import JobManager
 from ..jobs.launch import TRAIN_PRESETS
-from . import recipe_panel
+from . import recipe_panel, scoreboard_panel
 from .common import adapter_choices, user_error
 from .train_form import (DEVICE_FIELDS, FIELDS, MEMORY_FIELDS, SAMPLE_FIELDS, TRAINER_FIELDS,
                          ascend_env_text, form_values, options_from, preset_values)
@@ -45,7 +46,14 @@ def sample_gallery(samples: list[dict]) -> list[tuple[str, str]]:
     return items
 
 
-def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
+class TrainTab(NamedTuple):
+    loader: tuple  # (fn, inputs, outputs) the app runs on page load and tab select
+    use_in_compare: gr.Button  # the scoreboard's; the app wires it to the Compare tab
+    metric: gr.Dropdown
+    run_pick: gr.Dropdown
+
+
+def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str) -> TrainTab:
     with gr.Row():
         with gr.Column(scale=1):
             preset = gr.Dropdown([*TRAIN_PRESETS, "Custom"], value="Demo on CPU", label="Preset",
@@ -60,6 +68,9 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
                 fields += [make(next(initial)) for _, make in MEMORY_FIELDS]
             with gr.Accordion("Sample edits at checkpoints", open=False):
                 fields += [make(next(initial)) for _, make in SAMPLE_FIELDS]
+                scoreboard_panel.preview_controls(jobs, model, *(
+                    fields[[n for n, _ in FIELDS].index(f)]
+                    for f in ("sample_inference_steps", "sample_true_cfg_scale")))
             with gr.Accordion("Devices and nodes", open=False):
                 fields += [make(next(initial)) for _, make in DEVICE_FIELDS]
                 env_text = gr.Textbox(label="Extra environment (KEY=VALUE per line; NPU runs "
@@ -91,10 +102,10 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
             log = gr.Textbox(label="Last log lines", lines=12, max_lines=20, autoscroll=True)
             gallery = gr.Gallery(label="Sample edits at the latest checkpoint (source | target | "
                                        "output)", columns=3, height="auto", elem_id="train-samples")
+            use_in_compare = scoreboard_panel.build(jobs, run_pick, timer := gr.Timer(2.0))
             files = gr.File(label="LoRA files of this run (newest first; ComfyUI, diffusers and "
                                   "DiffSynth load them)", file_count="multiple", interactive=False,
                             elem_id="train-files")
-    timer = gr.Timer(2.0)
 
     def runs_of(project_name):
         if not project_name or not store.get_project(project_name):
@@ -214,4 +225,5 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str):
                 gr.Dropdown(choices=adapter_choices(store, project_name)))
 
     project.change(on_project, project, [run_pick, init_lora], api_name=False)
-    return on_project, project, [run_pick, init_lora]
+    use, metric = use_in_compare
+    return TrainTab((on_project, project, [run_pick, init_lora]), use, metric, run_pick)
