@@ -134,9 +134,9 @@ def test_tensorboard_event_files_hold_the_loss_of_every_step(stopped_and_resumed
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
     out, _, real = stopped_and_resumed
-    events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    events = list((out / run_files.TENSORBOARD).rglob("events.out.tfevents.*"))
     assert len(events) >= 2  # one per start: the killed one and the resumed one
-    mux = EventMultiplexer().AddRunsFromDirectory(str(out / "tensorboard")).Reload()
+    mux = EventMultiplexer().AddRunsFromDirectory(str(out / run_files.TENSORBOARD)).Reload()
     logged: dict[str, dict[int, float]] = {}
     for run in mux.Runs():
         for tag in mux.GetAccumulator(run).Tags()["scalars"]:
@@ -162,7 +162,7 @@ def test_sample_edits_reach_tensorboard_as_images(forks, demo_model, dataset, tm
                        "--sample_inference_steps", 2, "--report_to", "tensorboard",
                        "--no-validation_loss")
     assert code == 0, out.with_name("images.run.log").read_text()[-3000:]
-    folder = next(p.parent for p in (out / "tensorboard").rglob("events.out.tfevents.*"))
+    folder = next(p.parent for p in (out / run_files.TENSORBOARD).rglob("events.out.tfevents.*"))
     acc = EventAccumulator(str(folder), size_guidance={"images": 0}).Reload()
     assert acc.Tags()["images"] == ["samples/v"]
     (image,) = acc.Images("samples/v")

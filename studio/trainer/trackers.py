@@ -17,12 +17,11 @@ import logging
 import os
 from pathlib import Path
 
-from . import dist, samples
+from . import dist, run_files, samples
 from .tracker_names import tracker_problem
 
 log = logging.getLogger("studio.trainer")
 PROJECT = "qwen-image-edit-studio"  # the W&B / MLflow / trackio project of every run
-TENSORBOARD = "tensorboard"         # the event files' folder under --output_path
 # metrics.jsonl's names -> the tracker's.
 METRIC_NAMES = {"loss": "train/loss", "lr": "train/lr", "samples_per_s": "train/samples_per_s",
                 "peak_mem_gb": "train/peak_mem_gb", "epoch": "train/epoch"}
@@ -43,13 +42,15 @@ def _make(name: str, output: Path):
 
     run = f"{output.parent.name}-{output.name}"
     if name == "tensorboard":
-        return LOGGER_TYPE_TO_CLASS[name](TENSORBOARD, str(output))
+        return LOGGER_TYPE_TO_CLASS[name](run_files.TENSORBOARD, str(output))
     if name == "wandb":
         if not (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE")):
             os.environ["WANDB_MODE"] = "offline"
         return LOGGER_TYPE_TO_CLASS[name](PROJECT, name=run, dir=str(output))
     if name == "mlflow":
-        os.environ.setdefault("MLFLOW_TRACKING_URI", (output / "mlruns").as_uri())
+        if "MLFLOW_TRACKING_URI" not in os.environ:  # a local file store, no server
+            os.environ["MLFLOW_TRACKING_URI"] = (output / run_files.MLRUNS).as_uri()
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for it
         return LOGGER_TYPE_TO_CLASS[name](experiment_name=PROJECT, run_name=run)
     return LOGGER_TYPE_TO_CLASS[name](PROJECT, name=run)
 
@@ -68,9 +69,12 @@ class Tracker:
             self.tracker.start()
             self.tracker.store_init_configuration(_config(args))
         except Exception as exc:  # noqa: BLE001 - a login, a server, a store: the library says
+            hint = {"wandb": " (without WANDB_API_KEY and WANDB_MODE it logs offline)",
+                    "mlflow": " (without MLFLOW_TRACKING_URI it logs to a file store in the "
+                              "output folder)"}.get(name, "")
             raise TrackerError(f"--report_to {name} could not start: {type(exc).__name__}: "
-                               f"{exc}") from exc
-        where = {"tensorboard": f" (event files in {self.output / TENSORBOARD})",
+                               f"{exc}{hint}") from exc
+        where = {"tensorboard": f" (event files in {self.output / run_files.TENSORBOARD})",
                  "wandb": f" ({os.environ.get('WANDB_MODE', 'online')})",
                  "mlflow": f" ({os.environ.get('MLFLOW_TRACKING_URI')})"}.get(name, "")
         log.info("reporting to %s%s", name, where)
