@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from studio.trainer import retention, run_files, steplog
 from studio.trainer.args import check_args
 from studio.trainer.tracker_names import tracker_problem
-from tests.test_fault_injection import dataset, forks  # noqa: F401 (fixtures)
+from tests.test_fault_injection import dataset, forks, trainer_argv  # noqa: F401 (fixtures)
 
 
 def fake_run(out: Path, losses: dict[int, float], state: int | None = None) -> Path:
@@ -112,7 +113,8 @@ def expected_files(out: Path, saved: list[int], keep_last: int) -> set[int]:
     """The promise, computed from validation.jsonl: the last N saved steps and the one with
     the lowest validation loss."""
     losses = {r["step"]: r["val_loss"] for r in steplog.read(out / run_files.VALIDATION)}
-    return set(saved[-keep_last:]) | {min(saved, key=lambda s: (losses[s], -s))}
+    scored = [s for s in saved if s in losses]
+    return set(saved[-keep_last:]) | {min(scored, key=lambda s: (losses[s], -s))}
 
 
 @pytest.mark.slow
@@ -127,6 +129,37 @@ def test_retention_keeps_exactly_its_promise_across_a_stop_and_resume(stopped_an
     assert (out / run_files.FINAL).is_file() and run_files.current_state(out) is not None
     log = out.with_name("kept.resume.log").read_text()
     assert "checkpoints: every 2 steps, keeping the last 1 and the best by validation loss" in log
+
+
+@pytest.mark.slow
+def test_a_graceful_stop_checkpoint_counts_as_one_of_the_last(forks, demo_model, dataset, tmp_path):
+    """SIGTERM while the trainer waits after step 4's save: it stops after step 5 with a save
+    there (a checkpoint like the others), is resumed, and ends with the promised files."""
+    import psutil
+
+    out, marker = tmp_path / "stop", tmp_path / "marker"
+    run = ["--max_steps", STEPS, "--num_checkpoints", 4, "--keep_checkpoints", 2,
+           "--sample_steps", 0]
+    forks.start(tmp_path / "stop.log", trainer_argv(demo_model, dataset, out, *run),
+                STUDIO_FAULT_AT="after-saved:4", STUDIO_FAULT_ACTION="pause",
+                STUDIO_FAULT_MARKER=str(marker))
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert time.monotonic() < deadline, (tmp_path / "stop.log").read_text()[-3000:]
+        time.sleep(0.05)
+    (trainer,) = psutil.Process(forks.server.pid).children()
+    trainer.send_signal(signal.SIGTERM)
+    marker.unlink()
+    assert forks.wait() == 0, (tmp_path / "stop.log").read_text()[-3000:]
+    assert "stopped by SIGTERM after step 5" in (tmp_path / "stop.log").read_text()
+    assert set(run_files.checkpoint_steps(out)) == expected_files(out, [2, 4, 5], 2)
+    code = forks.train(demo_model, dataset, out, *run, "--resume", log="resume")
+    assert code == 0, out.with_name("stop.resume.log").read_text()[-3000:]
+    # The stop's save at 5 gets no validation loss (it is not a scored step), so it is never
+    # the best: the last two and the best of the scored ones remain.
+    assert [r["step"] for r in steplog.read(out / run_files.VALIDATION)] == [0, 2, 4, 6, 8]
+    assert set(run_files.checkpoint_steps(out)) == expected_files(out, [2, 4, 5, 6, 8], 2)
+    assert run_files.current_state(out) is not None and (out / run_files.FINAL).is_file()
 
 
 @pytest.mark.slow
