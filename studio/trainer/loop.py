@@ -276,9 +276,10 @@ def _fill_in(output: Path, start: int, scored, validator, sampler, transformer, 
 
 
 def _start_tracker(args, output: Path) -> trackers.Tracker:
-    """--report_to's tracker on rank 0; its failure to start stops every rank."""
+    """--report_to's tracker on rank 0 (none for --encode_only, which trains nothing); its
+    failure to start stops every rank."""
     tracker, message = None, None
-    if dist.is_main():
+    if dist.is_main() and not args.encode_only:
         try:
             tracker = trackers.Tracker(args.report_to, output, args)
         except trackers.TrackerError as exc:
