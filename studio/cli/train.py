@@ -15,6 +15,8 @@ from .project import open_store
 # CLI flag -> TrainOptions field, for the options passed straight through.
 OPTION_FLAGS = {
     "--max-steps": ("max_steps", int), "--save-steps": ("save_steps", int),
+    "--checkpoints": ("num_checkpoints", int), "--keep-checkpoints": ("keep_checkpoints", int),
+    "--report-to": ("report_to", str),
     "--num-epochs": ("num_epochs", int), "--lora-rank": ("lora_rank", int),
     "--lora-alpha": ("lora_alpha", float), "--learning-rate": ("learning_rate", float),
     "--lr-scheduler": ("lr_scheduler", str), "--lr-warmup-steps": ("lr_warmup_steps", int),
@@ -37,7 +39,11 @@ OPTION_FLAGS = {
 # Switches: CLI flag -> TrainOptions field set to True.
 SWITCHES = {"--fp8-base": "fp8_base", "--text-encoder-offload": "text_encoder_offload",
             "--fp8-text-encoder": "fp8_text_encoder", "--ignore-memory-plan": "ignore_memory_plan"}
-HELP = {"--sample-steps": "sample edits of the validation pairs every N steps "
+HELP = {"--checkpoints": "without --save-steps: checkpoints spread over the run (default 10)",
+        "--keep-checkpoints": "keep the last N checkpoints plus the best by validation loss "
+                              "(default: all)",
+        "--report-to": "none, tensorboard, wandb, mlflow or trackio (each needs its library)",
+        "--sample-steps": "sample edits of the validation pairs every N steps "
                           "(default: at each checkpoint; 0: never)",
         "--max-samples": "validation pairs sampled (default 4)",
         "--lr-scheduler": "reference (DiffSynth's), constant, constant_with_warmup, linear, cosine",

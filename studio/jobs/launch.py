@@ -20,6 +20,11 @@ class TrainOptions:
     max_steps: int | None = 20
     num_epochs: int = 1
     save_steps: int | None = 10
+    # Without save_steps: this many checkpoints spread over the run (the trainer alone would
+    # save at every epoch's end: 100 files for 10 pairs and 1,000 steps). None: epoch ends.
+    num_checkpoints: int | None = 10
+    keep_checkpoints: int | None = None  # the last N + the best by validation loss; None: all
+    report_to: str = "none"         # none | tensorboard | wandb | mlflow | trackio
     lora_rank: int = 32
     lora_alpha: float | None = None
     lora_target_modules: str = DEFAULT_TARGETS
@@ -73,6 +78,8 @@ class TrainOptions:
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        if "num_checkpoints" not in data:  # a run stored before it existed keeps its cadence
+            data = {**data, "num_checkpoints": None}
         return cls(**data)
 
     def as_dict(self) -> dict:
@@ -154,6 +161,12 @@ def trainer_args(opts: TrainOptions, dataset_dir: Path, output_dir: Path, resume
         args.append("--no-edit_image_auto_resize")
     if opts.save_steps:
         args += ["--save_steps", str(opts.save_steps)]
+    elif opts.num_checkpoints:
+        args += ["--num_checkpoints", str(opts.num_checkpoints)]
+    if opts.keep_checkpoints:
+        args += ["--keep_checkpoints", str(opts.keep_checkpoints)]
+    if opts.report_to != "none":
+        args += ["--report_to", opts.report_to]
     if opts.lora_alpha:
         args += ["--lora_alpha", str(opts.lora_alpha)]
     if opts.lora_target_modules.replace(" ", "") != DEFAULT_TARGETS:

@@ -313,7 +313,9 @@ class JobManager:
             return
         known = self.runs.adapter_steps(run["id"])
         project = self.runs.project_name(run)
-        for step, path in sorted(run_files.checkpoint_steps(output).items()):
+        files = run_files.checkpoint_steps(output)
+        self.runs.drop_adapters(run["id"], known - set(files))  # pruned: out of the pickers
+        for step, path in sorted(files.items()):
             if step not in known:
                 self.store.add_adapter(project, f"{run['name']} #{run['id']}", path,
                                        run_id=run["id"], step=step)

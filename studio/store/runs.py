@@ -92,3 +92,12 @@ class Runs:
     def adapter_steps(self, run_id: int) -> set[int]:
         with self._lock:
             return {r["step"] for r in self.db["adapters"].rows_where("run_id = ?", [run_id])}
+
+    def drop_adapters(self, run_id: int, steps: set[int]) -> None:
+        """Forget a run's checkpoints (their files are gone: retention deleted them)."""
+        steps = sorted(s for s in steps if s is not None)
+        if not steps:
+            return
+        with self.store.write():
+            self.db.execute(f"DELETE FROM adapters WHERE run_id = ? AND step IN "
+                            f"({','.join('?' * len(steps))})", [run_id, *steps])

@@ -11,6 +11,8 @@ from pathlib import Path
 from studio.engine.lora_targets import DEFAULT_TARGETS  # noqa: F401 - the flag's default, re-exported
 from studio.engine.savers import QUANTIZE_CHOICES
 
+from .tracker_names import TRACKERS, tracker_problem
+
 
 
 class _RaisingParser(argparse.ArgumentParser):
@@ -72,6 +74,18 @@ def build_parser(cls: type[argparse.ArgumentParser] = argparse.ArgumentParser):
     p.add_argument("--output_path", default="./models/train")
     p.add_argument("--save_steps", type=int, default=None,
                    help="save a LoRA every N steps (default: at the end of each epoch)")
+    p.add_argument("--num_checkpoints", type=int, default=None,
+                   help="without --save_steps: save N LoRAs over the run, every ceil(steps/N) "
+                        "steps (default: at the end of each epoch)")
+    p.add_argument("--keep_checkpoints", type=int, default=None,
+                   help="keep the last N step LoRAs plus the best by validation loss, deleting "
+                        "the others as the run goes (default: keep all; final.safetensors and "
+                        "the resume state are never deleted)")
+    p.add_argument("--report_to", default="none", choices=TRACKERS,
+                   help="also log to this experiment tracker (rank 0, through accelerate): "
+                        "tensorboard writes into <output_path>/tensorboard; wandb runs offline "
+                        "without WANDB_API_KEY; mlflow logs to <output_path>/mlruns unless "
+                        "MLFLOW_TRACKING_URI is set. Each needs its library (requirements-trackers.txt)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixed_precision", default="auto", choices=["auto", "no", "fp16", "bf16"],
                    help="auto: bf16 on CUDA/NPU, fp32 on CPU")
@@ -157,6 +171,13 @@ def parse_args(argv: list[str] | None = None,
             parser.error(f"--{name} must be at least 1")
     if args.save_steps is not None and args.save_steps < 1:
         parser.error("--save_steps must be at least 1")
+    for name in ("num_checkpoints", "keep_checkpoints"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.save_steps and args.num_checkpoints:
+        parser.error("give --save_steps or --num_checkpoints, not both")
+    if (missing := tracker_problem(args.report_to)):
+        parser.error(missing)
     if args.sample_steps is not None and args.sample_steps < 0:
         parser.error("--sample_steps must be 0 (never) or more")
     if args.sample_inference_steps < 2:  # the Qwen schedule divides by steps - 1

@@ -20,8 +20,8 @@ import torch
 from studio.engine.devices import peak_memory_gb
 from studio.engine.savers import Savers
 
-from . import (base_model, checkpoint, dist, faults, parquet_pairs, run_files, sample_render,
-               samples, scoreboard, steplog, validation)
+from . import (base_model, checkpoint, dist, faults, parquet_pairs, retention, run_files,
+               sample_render, samples, scoreboard, steplog, trackers, validation)
 from .args import parse_args
 from .cache import EncodedCache, PairEncoder, model_fingerprint
 from .data import DatasetError, load_pairs, load_validation_pairs
@@ -223,13 +223,21 @@ def _newer_checkpoints(output: Path, start: int) -> str | None:
             f"--output_path.")
 
 
-def _scored(args, order: DataOrder, total: int, done: int) -> bool:
+def _save_every(args, total: int) -> int | None:
+    """Steps between checkpoints: --save_steps, or --num_checkpoints spread over the run;
+    None: at each epoch's end."""
+    if args.save_steps:
+        return args.save_steps
+    return math.ceil(total / args.num_checkpoints) if args.num_checkpoints else None
+
+
+def _scored(every: int | None, order: DataOrder, total: int, done: int) -> bool:
     """A checkpoint step, which gets a validation loss (and by default sample edits): every
-    --save_steps, else each epoch's end; and the last step."""
+    `every` steps, else each epoch's end; and the last step."""
     if done == total:
         return True
-    if args.save_steps:
-        return done % args.save_steps == 0
+    if every:
+        return done % every == 0
     per_epoch = order.epoch_len / order.global_batch
     return math.floor(done / per_epoch) > math.floor((done - 1) / per_epoch)
 
@@ -241,7 +249,7 @@ def _from_rank0(values: list[int]) -> list[int]:
 
 
 def _fill_in(output: Path, start: int, scored, validator, sampler, transformer, args, device,
-             dtype) -> None:
+             dtype, tracker: trackers.Tracker) -> None:
     """What kills left unrecorded up to `start` (one can land anywhere between a checkpoint's
     state and its sample edits): the validation loss and sample edits of every checkpoint,
     scored with its LoRA file (the live weights are step `start`'s), and the baseline."""
@@ -257,12 +265,34 @@ def _fill_in(output: Path, start: int, scored, validator, sampler, transformer, 
         weights = run_files.lora_path(output, k) if k != start else None
         with loaded(transformer, weights, args.lora_rank, args.lora_alpha):
             if k in validated:
-                log.info("step %d: validation loss %.4f%s", k,
-                         validator.record(k, transformer, device, dtype),
+                value = validator.record(k, transformer, device, dtype)
+                tracker.validation(k, value)
+                log.info("step %d: validation loss %.4f%s", k, value,
                          " (before training)" if k == 0 else "")
             if k in edits:
                 sample_render.render(sampler, transformer, k, output)
+                tracker.sample_edits(k)
     dist.barrier()
+
+
+def _start_tracker(args, output: Path) -> trackers.Tracker:
+    """--report_to's tracker on rank 0 (none for --encode_only, which trains nothing); its
+    failure to start stops every rank."""
+    tracker, message = None, None
+    if dist.is_main() and not args.encode_only:
+        try:
+            tracker = trackers.Tracker(args.report_to, output, args)
+        except trackers.TrackerError as exc:
+            message = str(exc)
+    if dist.any_true(message is not None):
+        raise TrainingError(message or "rank 0 could not start the experiment tracker")
+    return tracker or trackers.Tracker("none", output, args)
+
+
+def _retain(args, output: Path) -> None:
+    """--keep_checkpoints: delete the step LoRA files it does not keep (rank 0)."""
+    if dist.is_main() and (removed := retention.prune(output, args.keep_checkpoints)):
+        log.info("retention: deleted the LoRA files of step(s) %s", ", ".join(map(str, removed)))
 
 
 def _check_memory(args, model_path, device, dtype, mode: str, world: int) -> None:
@@ -296,6 +326,7 @@ def train(args) -> int:
     _setup_logging(output)
     if dist.is_main():
         run_files.clean_leftovers(output)
+    tracker = _start_tracker(args, output)
     deepspeed = accelerator.state.deepspeed_plugin is not None
     rank, world, gas = dist.rank(), dist.world(), args.gradient_accumulation_steps
     device = accelerator.device
@@ -395,20 +426,26 @@ def train(args) -> int:
     if held_out:
         validator = validation.ValidationLoss(encoded, list(range(len(pairs), len(pairs) + len(held_out))),
                                               [p.sample_id for p in held_out], output)
-    scored = lambda done: _scored(args, order, total, done)  # noqa: E731
-    _fill_in(output, start, scored, validator, sampler, transformer, args, device, dtype)
+    every = _save_every(args, total)
+    scored = lambda done: _scored(every, order, total, done)  # noqa: E731
+    _fill_in(output, start, scored, validator, sampler, transformer, args, device, dtype, tracker)
+    _retain(args, output)  # a kill can land between a save and its pruning
     # Rank 0 scores sample edits in the background; what a kill left unscored is scored now.
     scorer = scoreboard.Scorer(output, enabled=dist.is_main())
     scorer.catch_up()
     if start >= total:
         log.info("nothing to do: %d of %d steps already done", start, total)
         scorer.close()  # the scoreboard is whole when the run ends
+        tracker.finish()
         return 0
 
     schedule = TrainingSchedule()
     log.info("training %d steps: %d pairs x %d repeat, global batch %d (%d process(es) x %d "
              "accumulation), lr %g", total, len(pairs), args.dataset_repeat, order.global_batch,
              world, gas, args.learning_rate)
+    log.info("checkpoints: %s%s", f"every {every} steps" if every else "at each epoch's end",
+             f", keeping the last {args.keep_checkpoints} and the best by validation loss"
+             if args.keep_checkpoints else "")
     started = time.perf_counter()
     for step in range(start, total):
         t0 = time.perf_counter()
@@ -436,13 +473,14 @@ def train(args) -> int:
         now = time.perf_counter()
         elapsed = now - started
         if dist.is_main():
-            steplog.write(metrics_file, {
-                "step": done, "total": total, "epoch": round(order.epoch_after(done), 4),
-                "loss": mean_loss,
-                "lr": lr, "samples_per_s": order.global_batch / max(now - t0, 1e-9),
-                "elapsed": prior_elapsed + elapsed,
-                "eta": elapsed / (done - start) * (total - done),
-                "peak_mem_gb": round(peak_memory_gb(device), 3)})
+            row = {"step": done, "total": total, "epoch": round(order.epoch_after(done), 4),
+                   "loss": mean_loss,
+                   "lr": lr, "samples_per_s": order.global_batch / max(now - t0, 1e-9),
+                   "elapsed": prior_elapsed + elapsed,
+                   "eta": elapsed / (done - start) * (total - done),
+                   "peak_mem_gb": round(peak_memory_gb(device), 3)}
+            steplog.write(metrics_file, row)
+            tracker.step(row)
         stopping = dist.any_true(bool(stop))
         if scored(done) or stopping:
             _on_rank0(lambda: checkpoint.space_problem(output, transformer, done == total, deepspeed))
@@ -453,18 +491,24 @@ def train(args) -> int:
                 log.info("step %d: saved %s", done, path.name)
             faults.point("after-saved", done)
         if validator and scored(done):  # also when a stop falls on a due step
-            log.info("step %d: validation loss %.4f", done,
-                     validator.record(done, transformer, device, dtype))
+            value = validator.record(done, transformer, device, dtype)
+            tracker.validation(done, value)
+            log.info("step %d: validation loss %.4f", done, value)
         if sample_render.due(args, done, scored(done), stopping):
             sample_render.render(sampler, transformer, done, output)  # rank 0; None elsewhere
             scorer.catch_up()
+            tracker.sample_edits(done)
             dist.barrier()
+        if scored(done) or stopping:  # after the validation loss that may make it the best
+            _retain(args, output)
         if stopping:
             scorer.close()  # the scoreboard is whole when the run ends
             log.info("stopped by %s after step %d; continue with --resume", stop.signal_name or
                      "another rank's signal", done)
+            tracker.finish()
             return 0
     scorer.close()  # the scoreboard is whole when the run ends
+    tracker.finish()
     log.info("done: %d steps in %.1fs; LoRA at %s", total, time.perf_counter() - started,
              output / run_files.FINAL)
     return 0

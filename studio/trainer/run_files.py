@@ -9,6 +9,7 @@ the job manager, the CLI and the UI read them. No torch here, so readers stay li
     resume.json                         {"state": "states/step-000010"}: the current one,
                                         replaced atomically, so some state is always valid
     error.json                          the trainer's own fatal error, written as it dies
+    tensorboard/, mlruns/, wandb/       the --report_to tracker's files (trackers.py)
 
 Files are written beside their place and renamed into it (`replacing`), folders are built
 under a dot-name (`partial`); what a kill leaves of either, `clean_leftovers` removes.
@@ -33,6 +34,8 @@ POINTER = "resume.json"
 STATE = "state.json"
 ERROR = "error.json"
 SAMPLES = "samples"
+TENSORBOARD = "tensorboard"  # --report_to tensorboard's event files
+MLRUNS = "mlruns"            # --report_to mlflow's file store (W&B writes its own wandb/)
 LEGACY_RESUME = "resume"  # the single resume folder of runs made before states/
 # ...and, in the order to try, the names its swap used: a kill between the swap's renames left
 # the only state in .resume.old (or the new one, complete, in .resume.staging).

@@ -6,6 +6,7 @@ import gradio as gr
 
 from ..engine.savers import QUANTIZE_CHOICES
 from ..trainer.args import LR_SCHEDULERS
+from ..trainer.tracker_names import TRACKERS
 from ..jobs.launch import TRAIN_PRESETS, TrainOptions
 
 # Form fields by accordion, (TrainOptions field, factory(value)); FIELDS is the order of the
@@ -14,7 +15,18 @@ TRAINER_FIELDS = [
     ("max_steps", lambda v: gr.Number(v, label="Max steps", precision=0, info="0 = whole epochs")),
     ("num_epochs", lambda v: gr.Number(v, label="Epochs", precision=0)),
     ("save_steps", lambda v: gr.Number(v, label="Save every N steps", precision=0,
-                                       info="0 = each epoch")),
+                                       info="0 = use 'Checkpoints per run'")),
+    ("num_checkpoints", lambda v: gr.Number(v, label="Checkpoints per run", precision=0,
+                                            info="when 'Save every N steps' is 0: this many "
+                                                 "saves spread over the run (default 10); "
+                                                 "0 = at each epoch's end")),
+    ("keep_checkpoints", lambda v: gr.Number(v, label="Keep last N checkpoints", precision=0,
+                                             info="plus the best by validation loss; older ones "
+                                                  "are deleted as the run goes. 0 = keep all")),
+    ("report_to", lambda v: gr.Dropdown(list(TRACKERS), value=v, label="Experiment tracker",
+                                        info="tensorboard: event files in the run folder; "
+                                             "wandb offline without a key; each needs its "
+                                             "library (requirements-trackers.txt)")),
     ("lora_rank", lambda v: gr.Number(v, label="LoRA rank", precision=0, info="the recipe uses 32")),
     ("lora_alpha", lambda v: gr.Number(v, label="LoRA alpha", info="0 = same as rank")),
     ("lora_target_modules", lambda v: gr.Textbox(v, label="LoRA target modules",
@@ -98,7 +110,8 @@ DEVICE_FIELDS = [
 ]
 FIELDS = TRAINER_FIELDS + MEMORY_FIELDS + SAMPLE_FIELDS + DEVICE_FIELDS
 # Numbers where 0 means "not set" (the trainer's default), and where empty means it.
-ZERO_IS_UNSET = ("max_steps", "save_steps", "lora_alpha", "max_grad_norm")
+ZERO_IS_UNSET = ("max_steps", "save_steps", "num_checkpoints", "keep_checkpoints", "lora_alpha",
+                 "max_grad_norm")
 EMPTY_IS_UNSET = ("sample_steps",)
 CHECKPOINTING = {"auto": None, "on": True, "off": False}
 FLOATS = ("learning_rate", "weight_decay", "lora_alpha", "max_grad_norm", "sample_true_cfg_scale",
