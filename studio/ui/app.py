@@ -13,7 +13,7 @@ from ..engine.savers import QUANTIZE_CHOICES
 from ..paths import projects_dir
 from ..store import Store
 from ..jobs.manager import JobManager
-from . import compare_tab, dataset_tab, edit_tab, project_bar, security, train_tab
+from . import adapters_tab, compare_tab, dataset_tab, edit_tab, project_bar, security, train_tab
 
 AUTH_ENV = "STUDIO_AUTH"
 
@@ -53,6 +53,8 @@ def build_app(store: Store, editor: Editor, jobs: JobManager) -> gr.Blocks:
                 loaders.append((edit, edit_tab.build(store, editor, project)))
             with gr.Tab("Compare", id="compare") as compare:
                 loaders.append((compare, compare_tab.build(store, editor, project)))
+            with gr.Tab("Adapters", id="adapters") as adapters:
+                loaders.append((adapters, adapters_tab.build(store, project, str(editor.info.path))))
         loaders.append((None, project_bar.loader(store, project)))
         # Per-project choices (runs, adapters, history) are read fresh on every page load and
         # whenever a tab is opened, so an adapter trained a minute ago is there to pick.
