@@ -93,11 +93,11 @@ def load_lora(path: str | Path) -> LoraState:
     state = {k: v for k, v in raw.items() if k.endswith((".lora_A.weight", ".lora_B.weight"))}
     if not state:
         raise LoraFormatError(f"{path}: not a LoRA (no lora_A/lora_B or lora_down/lora_up weights)")
-    for key in list(state):
-        other = key.replace(".lora_A.", ".lora_B.") if ".lora_A." in key else key.replace(".lora_B.", ".lora_A.")
-        if other not in state:
-            raise LoraFormatError(f"{path}: {originals[key]} has no matching "
-                                  f"{'lora_B' if '.lora_A.' in key else 'lora_A'}")
+    paired = {k for k in state if k.replace(".lora_A.", ".lora_B.") in state}
+    paired |= {k.replace(".lora_A.", ".lora_B.") for k in paired}
+    state = {k: v for k, v in state.items() if k in paired}  # half a pair: reported as unmapped
+    if not state:
+        raise LoraFormatError(f"{path}: not a LoRA (no lora_A weight with its lora_B)")
     alpha = None
     for module, value in alphas.items():
         a, b = f"{module}.lora_A.weight", f"{module}.lora_B.weight"
