@@ -231,3 +231,36 @@ def test_adapters_tab_handlers_merge_and_refuse_with_the_reason(demo_model, stor
         adapters_tab.on_merge(store, str(demo_model), "p", ["1", "2"], "1, 0.5, 2", 0, "x")
     with pytest.raises(gr.Error, match="already exists"):
         adapters_tab.on_convert(store, str(demo_model), "p", "1", "diffsynth", "ab")
+
+
+def test_svd_and_averaged_outputs_load_in_plain_diffusers_with_their_delta(demo_model, loras, tmp_path):
+    from diffusers import QwenImageEditPipeline
+
+    outputs = [lora_tools.merge([(loras["a"], 1.0), (loras["b"], 0.5)], tmp_path / "svd.safetensors",
+                                demo_model, rank=5).path,
+               lora_tools.average([loras["a"], loras["a"]], tmp_path / "avg.safetensors", demo_model,
+                                  ema=0.5, layout="diffusers").path]
+    module = "transformer_blocks.0.img_mlp.net.2"
+    for path in outputs:
+        pipe = QwenImageEditPipeline.from_pretrained(demo_model, dtype=torch.float32)
+        pipe.load_lora_weights(str(path))
+        layer = pipe.transformer.get_submodule(module)
+        loaded = sum(layer.get_delta_weight(a) for a in layer.active_adapters)
+        assert torch.allclose(loaded.double(), delta(path, module), atol=1e-5)
+        assert float(delta(path, module).abs().max()) > 0.1  # a real delta, not an empty load
+
+
+def test_average_takes_a_runs_last_checkpoints_that_still_have_files(demo_model, store, tmp_path):
+    run = store.runs.create("p", "r", str(tmp_path / "run"), {}, "cpu")
+    files = {step: save_lora(random_lora(demo_model, seed=step), tmp_path / f"step-{step}.safetensors")
+             for step in (10, 20, 30, 40)}
+    for step, path in files.items():
+        store.add_adapter("p", "r", path, run_id=run["id"], step=step)
+    files[40].unlink()  # a checkpoint whose file is gone is not averaged
+    made = adapter_tools.average(store, "p", "last2", run_id=run["id"], last=2, model=str(demo_model))
+    origin = json.loads(made.adapter["origin"])
+    assert [p["step"] for p in origin["parents"]] == [20, 30]
+    assert [p["strength"] for p in origin["parents"]] == [0.5, 0.5]
+    key = "transformer_blocks.1.attn.to_v.lora_A.weight"
+    expected = (load_lora(files[20]).weights[key].double() + load_lora(files[30]).weights[key].double()) / 2
+    assert torch.allclose(load_lora(made.path).weights[key].double(), expected, atol=1e-6)

@@ -86,7 +86,7 @@ def last_checkpoints(store: Store, project: str, run_id: int, count: int) -> lis
     return rows[-count:]
 
 
-def average(store: Store, project: str, name: str, run_id: int | None = None, last: int = 2,
+def average(store: Store, project: str, name: str, run_id: int | None = None, last: int = 3,
             specs: list[str] | None = None, ema: float | None = None, model: str | None = None) -> Made:
     """The last `last` checkpoints of a run (or the adapters `specs`, oldest first) averaged,
     uniformly or with EMA weights (`ema` = the decay)."""
