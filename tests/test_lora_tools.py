@@ -45,6 +45,12 @@ def loras(demo_model, tmp_path_factory):
             "folder": folder}
 
 
+@pytest.fixture(scope="module")
+def edit_with_a(demo_editor, loras):
+    """The edit with LoRA a at 1.0, which several tests compare against (made once)."""
+    return pixels(demo_editor, [AdapterRef(loras["a"])])
+
+
 @pytest.fixture
 def store(projects, demo_model, loras):
     store = Store(projects)
@@ -89,7 +95,7 @@ def test_svd_merge_reports_the_frobenius_error_of_the_best_rank_r_delta(demo_mod
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_a_converted_file_gives_the_same_edit_and_reports_what_did_not_map(demo_model, demo_editor,
-                                                                           loras, tmp_path, layout):
+                                                                           edit_with_a, tmp_path, layout):
     weights = {f"diffusion_model.{k}.weight": v for k, v in random_lora(demo_model, seed=1).items()}
     extra = {"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 8),
              "diffusion_model.transformer_blocks.7.attn.to_q.lora_A.weight": torch.zeros(4, 64),
@@ -106,10 +112,10 @@ def test_a_converted_file_gives_the_same_edit_and_reports_what_did_not_map(demo_
     assert keys and all(k.startswith(prefix) and k.endswith(suffix.format(k.split(".lora_")[1][0]))
                         for k in keys)
     assert not any("blocks.7" in k or "lora_te" in k for k in keys)
-    assert np.abs(pixels(demo_editor, [AdapterRef(loras["a"])])
-                  - pixels(demo_editor, [AdapterRef(result.path)])).max() <= TOLERANCE
+    assert np.abs(edit_with_a - pixels(demo_editor, [AdapterRef(result.path)])).max() <= TOLERANCE
 
 
+@pytest.mark.slow  # loads a second pipeline (about 40 s on a shared CPU)
 def test_a_fused_model_folder_gives_the_edit_of_base_plus_lora(demo_model, demo_editor, loras, tmp_path):
     from diffusers import QwenImageEditPipeline
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..paths import replacing
@@ -86,7 +86,7 @@ def load_lora(path: str | Path) -> LoraState:
             keys = list(f.keys())
             raw = {canonical_key(k): f.get_tensor(k) for k in keys}
             metadata = f.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for a non-safetensors file
+    except (SafetensorError, OSError) as exc:
         raise LoraFormatError(f"{path}: not a safetensors file ({exc})") from None
     originals = dict(zip(map(canonical_key, keys), keys))
     alphas = {k[: -len(".alpha")]: v for k, v in raw.items() if k.endswith(".alpha")}

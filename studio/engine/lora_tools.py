@@ -140,11 +140,11 @@ def average(paths: list[str | Path], out: str | Path, model_dir: str | Path | No
             raise LoraFormatError(f"cannot average {lora.path.name} with {first.path.name}: "
                                   f"different modules (e.g. {diff[0]})")
         for module in first.modules:
-            ra, rb = lora.pair(module)[0].shape[0], first.pair(module)[0].shape[0]
-            if lora.pair(module)[0].shape != first.pair(module)[0].shape or \
-                    lora.pair(module)[1].shape != first.pair(module)[1].shape:
-                raise LoraFormatError(f"cannot average {lora.path.name} (rank {ra}) with "
-                                      f"{first.path.name} (rank {rb}): mismatched ranks or shapes at {module}")
+            (a, b), (a0, b0) = lora.pair(module), first.pair(module)
+            if a.shape != a0.shape or b.shape != b0.shape:
+                raise LoraFormatError(f"cannot average {lora.path.name} (rank {a.shape[0]}) with "
+                                      f"{first.path.name} (rank {a0.shape[0]}): mismatched ranks "
+                                      f"or shapes at {module}")
     weights = ema_weights(len(loras), ema) if ema is not None else [1.0 / len(loras)] * len(loras)
     state = {key: sum(w * lora.weights[key].double() for w, lora in zip(weights, loras)).to(value.dtype)
              for key, value in first.weights.items()}
@@ -189,7 +189,8 @@ def inspect(path: str | Path) -> dict:
         "layout": lora.layout,
         "rank": _rank_text(lora.weights),
         "alpha": float(alpha) if alpha is not None else None,
-        "alpha_folded_into_lora_B": meta.get("alpha_folded_into_lora_B") == "true" or lora.alpha is not None,
+        # True: B already holds alpha/rank (the trainer's files); False: loaders apply the scale
+        "alpha_folded_into_lora_B": meta.get("alpha_folded_into_lora_B") == "true",
         "targets": sorted(targets),
         "blocks": _ranges(sorted(blocks)),
         "other_modules": sorted(other),
