@@ -220,6 +220,11 @@ def test_cli_merges_and_lists_the_origin(demo_model, store, capsys):
     assert main([*root, "adapters", "merge", "1", "--project", "p", "--name", "one",
                  "--model", str(demo_model)]) == 2
     assert "at least two" in capsys.readouterr().err
+    assert main([*root, "adapters", "inspect", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["adapter"]["origin"]["rank"] == 6
+    assert main([*root, "adapters", "fuse", "1:0.5", "--name", "a-half", "--model", str(demo_model)]) == 0
+    assert "--model " + str(store.root / adapter_tools.FUSED_DIR / "a-half") in capsys.readouterr().out
+    assert (store.root / adapter_tools.FUSED_DIR / "a-half" / "transformer" / "config.json").is_file()
 
 
 def test_adapters_tab_handlers_merge_and_refuse_with_the_reason(demo_model, store):
