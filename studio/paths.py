@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import unicodedata
+from contextlib import contextmanager
 from pathlib import Path
 
 PROJECTS_ENV = "STUDIO_PROJECTS_DIR"
@@ -50,3 +52,32 @@ def safe_stem(text: str | None) -> str:
 def demo_model_dir(projects: Path) -> Path:
     """The embedded demo model is built once per projects folder, here."""
     return projects / "_models" / "demo"
+
+
+def file_mode() -> int:
+    """The mode an ordinary new file gets under the current umask."""
+    try:  # Linux shows the umask; setting it to read it would race other threads' files
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+
+@contextmanager
+def replacing(path: Path):
+    """Yields a temporary path beside `path` to write; once written, it gets an ordinary file's
+    mode (mkstemp makes 0600 files) and replaces `path` whole, so readers never see half a
+    file. A kill leaves at most a `.NAME.*.tmp` behind."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -54,7 +54,7 @@ class MissingImage(FileNotFoundError):
     """A pair's stored image file is gone; the message names the pair."""
 
 
-def _place(source: str, destination: str, link: bool) -> str | None:
+def link_or_copy(source: str, destination: str, link: bool) -> str | None:
     """A hard link where asked and possible, else a copy; returns why a link failed."""
     if link:
         try:
@@ -110,7 +110,7 @@ class _Writer:
         if parent not in self.made:
             os.makedirs(os.path.join(self.folder, parent), exist_ok=True)
             self.made.add(parent)
-        failure = _place(f"{self.images}/{relative}", f"{self.folder}/{placed}", self.link)
+        failure = link_or_copy(f"{self.images}/{relative}", f"{self.folder}/{placed}", self.link)
         if self.link and failure is None:
             self.linked += 1
         else:

@@ -6,6 +6,7 @@ examples/diffsynth/qwen_image_edit/ does, without the studio installed there.
       train_qwen_image_edit_lora.sh   environment, model_paths, accelerate launch of train.py
       accelerate_config.yaml          DeepSpeed ZeRO-2 (or DDP), with the multi-node fields
       dataset/                        metadata_edit.csv + images/ (the recipe's layout)
+      lora_checkpoint.safetensors     the LoRA to start from, keyed for DiffSynth (if any)
       README.txt
 
 The recipe lists the weight files by hand; here they come from the model folder's
@@ -19,15 +20,22 @@ import time
 from pathlib import Path
 
 from ..dataset.export import export_dataset
+from ..engine.adapters import resolve_adapter
+from ..engine.lora_files import base_mismatches, load_lora
+from ..engine.lora_tools import convert
 from ..engine.model_folder import inspect_model_folder, shard_index
 from ..engine.npu.env import OPTIONAL_ENV, SET_ENV_CANDIDATES
 from ..engine.savers import gradient_checkpointing
 from ..store import Store
 from ..jobs.launch import TrainOptions, accelerate_config, launch_env
 from ..trainer.accelerate_config import write_config
+from ..trainer.lora_io import check_compatible
 
 SCRIPT = "train_qwen_image_edit_lora.sh"
 CONFIG = "accelerate_config.yaml"
+# DiffSynth's --lora_checkpoint loads keys as they are (only `lora_A.weight` ->
+# `lora_A.default.weight`), so our `diffusion_model.` keys would load nothing: a copy.
+LORA_COPY = "lora_checkpoint.safetensors"
 TRAIN_PY = "examples/qwen_image/model_training/train.py"  # inside a DiffSynth-Studio checkout
 MODEL_PARTS = ("transformer", "text_encoder", "vae")  # DiffSynth's model_paths, in this order
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")  # spliced into JSON inside shell quotes
@@ -124,6 +132,8 @@ def render_script(opts: TrainOptions, model_dir: Path, entries: list, project: s
             "--model_paths", '"$model_paths"', "--tokenizer_path", '"$MODEL_DIR/tokenizer"',
             "--processor_path", '"$MODEL_DIR/processor"', "--output_path", '"$OUTPUT_PATH"',
             *map(shlex.quote, train_arguments(opts))]
+    if opts.lora_checkpoint:
+        cmd += ["--lora_checkpoint", '"$here/' + LORA_COPY + '"']
     rows, i = [], 0
     while i < len(cmd):  # a flag and its value on one line, as the recipe writes them
         pair = cmd[i].startswith("--") and i + 1 < len(cmd) and not cmd[i + 1].startswith("--")
@@ -213,14 +223,26 @@ def render_readme(opts: TrainOptions, model_dir: Path, project: str, notes: list
         notes = [*notes, f"LR schedule {opts.lr_scheduler} ({opts.lr_warmup_steps} warm-up steps) "
                          f"was not exported: train.py has its own fixed schedule."]
     if opts.lora_checkpoint:
-        notes = [*notes, f"The LoRA to start from ({opts.lora_checkpoint}) was not exported: copy "
-                         f"its file to the cluster and add --lora_checkpoint FILE to the script."]
+        notes = [*notes, f"The LoRA to start from ({opts.lora_checkpoint}) is {LORA_COPY}, keyed "
+                         f"the way DiffSynth-Studio's --lora_checkpoint loads it (no prefix, "
+                         f"lora_A.default.weight), alpha folded in (train.py uses alpha = rank)."]
     if opts.max_steps:
         notes = [*notes, f"max_steps {opts.max_steps} was not exported: train.py counts epochs "
                          f"({opts.num_epochs})."]
     if notes:
         lines += ["", "Notes:", *(f"  - {n}" for n in notes)]
     return "\n".join(lines) + "\n"
+
+
+def _start_lora(store: Store, opts: TrainOptions, model_dir: Path) -> Path | None:
+    """The LoRA to start from (an adapter id or a file), checked against the run and the
+    base model before anything is written."""
+    if not opts.lora_checkpoint.strip():
+        return None
+    path = resolve_adapter(opts.lora_checkpoint, store.get_adapter).path
+    check_compatible(path, opts.lora_rank, opts.lora_target_modules)
+    base_mismatches(load_lora(path), model_dir)
+    return path
 
 
 def export_recipe(store: Store, project: str, model_path: str | Path, out_dir: str | Path,
@@ -237,12 +259,15 @@ def export_recipe(store: Store, project: str, model_path: str | Path, out_dir: s
               if p["status"] != "error" and p["split"] == "train"]
     if not usable:
         raise ValueError(f"project {project!r} has no training pairs without errors to export")
+    start = _start_lora(store, options, model_dir)
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"{out} is not empty; choose a new folder (or overwrite)")
     out.mkdir(parents=True, exist_ok=True)
     result = export_dataset(store, project, out / "dataset", fmt="seed", overwrite=overwrite)
     write_config(out / CONFIG, config)
+    if start:
+        convert(start, out / LORA_COPY, "diffsynth", model_dir)
     script = out / SCRIPT
     script.write_text(render_script(options, model_dir, entries, project))
     script.chmod(0o755)

@@ -177,14 +177,16 @@ class StoreCore:
 
     # -- adapters -----------------------------------------------------------
     def add_adapter(self, project: str, name: str, path: str | Path, run_id: int | None = None,
-                    step: int | None = None) -> dict[str, Any]:
-        """Register a LoRA file (a training checkpoint or an external file) with a project."""
+                    step: int | None = None, origin: dict | None = None) -> dict[str, Any]:
+        """Register a LoRA file (a training checkpoint, an external file, or one made from
+        other adapters: `origin` records how, as JSON)."""
         path = Path(path).expanduser().resolve()
         if not path.is_file():
             raise FileNotFoundError(f"adapter file not found: {path}")
         pid = self.require_project(project)["id"]
         row = {"project_id": pid, "run_id": run_id, "name": name, "step": step,
-               "path": str(path), "created_at": now()}
+               "path": str(path), "created_at": now(),
+               "origin": json.dumps(origin) if origin else None}
         with self.write():
             row["id"] = self.db["adapters"].insert(row).last_pk
         return row

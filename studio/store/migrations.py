@@ -90,7 +90,13 @@ def _v6_checked_pixels(db: sqlite_utils.Database) -> None:
     db["pairs"].add_column("checked_pixels", int)
 
 
+def _v8_adapter_origin(db: sqlite_utils.Database) -> None:
+    """Where an adapter made from others came from (JSON: the operation, its parents by id,
+    name and path, their strengths or weights); NULL for checkpoints and imported files."""
+    db["adapters"].add_column("origin", str)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_initial, _v2_pair_curation, _v3_edit_kinds, _v4_run_jobs, _v5_scheduler_jobs,
-    _v6_checked_pixels]
+    _v6_checked_pixels, _v8_adapter_origin]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,8 +1,9 @@
 """LoRA on the diffusers transformer (peft) and the one file format that every tool reads.
 
 Saved keys are ComfyUI-style, `diffusion_model.transformer_blocks.N.attn.to_q.lora_A.weight`:
-diffusers' `load_lora_weights`, DiffSynth-Studio's loader (strips `diffusion_model.`, accepts
-`lora_A.weight`) and ComfyUI all read them (docs/design.md). No `.alpha` keys are written; the
+diffusers' `load_lora_weights`, DiffSynth-Studio's pipeline loader (strips `diffusion_model.`)
+and ComfyUI all read them (docs/design.md); DiffSynth's training `--lora_checkpoint` does not
+strip it, so the recipe export writes it a DiffSynth-keyed copy (engine/lora_files.py). No `.alpha` keys are written; the
 alpha/rank scale is folded into lora_B instead, so tools that assume scale 1 (DiffSynth)
 apply the same delta as tools that read alpha.
 """
@@ -17,12 +18,8 @@ from safetensors.torch import save_file
 
 from .run_files import replacing
 
-PREFIX = "diffusion_model."
-ADAPTER = "default"
-
-
-class LoraFormatError(ValueError):
-    pass
+# The key layouts and the reader live in the engine (engine/lora_files.py): one rule.
+from ..engine.lora_files import ADAPTER, PREFIX, LoraFormatError, canonical_key, read_lora  # noqa: F401
 
 
 def add_lora(transformer, rank: int, alpha: float, targets: str | list[str]) -> None:
@@ -66,33 +63,6 @@ def save_lora(path: Path, transformer, rank: int, alpha: float, meta: dict | Non
     return path
 
 
-def _canonical(key: str) -> str:
-    for prefix in (PREFIX, "transformer.", "base_model.model.", "pipe.dit.", "dit."):
-        if key.startswith(prefix):
-            key = key[len(prefix):]
-    key = key.replace(f".lora_A.{ADAPTER}.", ".lora_A.").replace(f".lora_B.{ADAPTER}.", ".lora_B.")
-    return key.replace(".lora_down.", ".lora_A.").replace(".lora_up.", ".lora_B.")
-
-
-def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
-    """Any of the diffusers / DiffSynth / ComfyUI (lora_A/B or lora_down/up) key styles, returned
-    canonical with the full delta in B @ A (any `.alpha` folded into B)."""
-    path = Path(path)
-    if not path.is_file():
-        raise LoraFormatError(f"{path}: LoRA file not found")
-    with safe_open(str(path), "pt") as f:
-        raw = {_canonical(k): f.get_tensor(k) for k in f.keys()}
-    alphas = {k[: -len(".alpha")]: v for k, v in raw.items() if k.endswith(".alpha")}
-    state = {k: v for k, v in raw.items() if ".lora_A." in k or ".lora_B." in k}
-    if not state:
-        raise LoraFormatError(f"{path}: no lora_A/lora_B (or lora_down/lora_up) weights found")
-    for module, alpha in alphas.items():
-        a, b = f"{module}.lora_A.weight", f"{module}.lora_B.weight"
-        if a in state and b in state:
-            state[b] = state[b].float() * (float(alpha) / state[a].shape[0])
-    return state
-
-
 def check_compatible(path: str | Path, rank: int, targets: str) -> None:
     """Refuse, before a run is queued, a LoRA to start from whose rank or modules differ from
     the run's (load_into would fail only once the run starts). Reads shapes, not tensors."""
@@ -100,7 +70,7 @@ def check_compatible(path: str | Path, rank: int, targets: str) -> None:
     if not path.is_file():
         raise LoraFormatError(f"{path}: LoRA file not found")
     with safe_open(str(path), "pt") as f:
-        downs = {_canonical(k): k for k in f.keys() if ".lora_A." in _canonical(k)}
+        downs = {canonical_key(k): k for k in f.keys() if ".lora_A." in canonical_key(k)}
         if not downs:
             raise LoraFormatError(f"{path}: no lora_A/lora_B (or lora_down/lora_up) weights found")
         ranks = {f.get_slice(k).get_shape()[0] for k in downs.values()}

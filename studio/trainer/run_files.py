@@ -17,12 +17,11 @@ under a dot-name (`partial`); what a kill leaves of either, `clean_leftovers` re
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
+
+from ..paths import replacing  # one writer for every file (the engine writes LoRA files too)
 
 METRICS = "metrics.jsonl"
 VALIDATION = "validation.jsonl"
@@ -99,23 +98,6 @@ def current_state(output: Path) -> Path | None:
     return next((output / name for name in LEGACY_NAMES if complete(output / name)), None)
 
 
-@contextmanager
-def replacing(path: Path):
-    """Yields a temporary path beside `path` to write; once written, it gets an ordinary file's
-    mode (mkstemp makes 0600 files) and replaces `path` whole, so readers never see half a
-    file. A kill leaves at most a `.NAME.*.tmp` behind."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_json(path: Path, value) -> None:
     with replacing(path) as tmp:
         tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
@@ -162,12 +144,3 @@ def fatal_line(lines: list[str]) -> str | None:
     return None
 
 
-def file_mode() -> int:
-    """The mode an ordinary new file gets under the current umask."""
-    try:  # Linux shows the umask; setting it to read it would race other threads' files
-        with open("/proc/self/status") as f:
-            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        mask = os.umask(0)
-        os.umask(mask)
-    return 0o666 & ~mask

@@ -13,8 +13,8 @@ from ..engine.savers import QUANTIZE_CHOICES
 from ..paths import projects_dir
 from ..store import Store
 from ..jobs.manager import JobManager
-from . import (compare_tab, dataset_tab, edit_tab, project_bar, scoreboard_panel, security,
-               train_tab)
+from . import (adapters_tab, compare_tab, dataset_tab, edit_tab, project_bar, scoreboard_panel,
+               security, train_tab)
 
 AUTH_ENV = "STUDIO_AUTH"
 
@@ -54,8 +54,11 @@ def build_app(store: Store, editor: Editor, jobs: JobManager) -> gr.Blocks:
             with gr.Tab("Edit", id="edit") as edit:
                 loaders.append((edit, edit_tab.build(store, editor, project)))
             with gr.Tab("Compare", id="compare") as compare:
-                loaders.append((compare, compare_tab.build(store, editor, project)))
-        compare_columns = loaders[-1][1][2][0]
+                compare_parts = compare_tab.build(store, editor, project)
+                loaders.append((compare, compare_parts))
+                compare_columns = compare_parts[2][0]
+            with gr.Tab("Adapters", id="adapters") as adapters:
+                loaders.append((adapters, adapters_tab.build(store, project, str(editor.info.path))))
 
         def use_in_compare(run_id, metric):
             return gr.Dropdown(value=scoreboard_panel.compare_picks(jobs, run_id, metric))
