@@ -132,7 +132,8 @@ def build_prompt(examples: list[str], max_words: int = DEFAULT_MAX_WORDS,
 def clean_instruction(text: str, max_words: int = DEFAULT_MAX_WORDS) -> str:
     """The generated text as an instruction: its first non-empty line, without quotes or a
     leading label, cut to max_words. EmptyInstruction when nothing is left."""
-    line = next((l.strip() for l in (text or "").splitlines() if l.strip()), "")
+    text = re.sub(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]", "", text or "")  # control bytes, undecodable
+    line = next((l.strip() for l in text.splitlines() if l.strip()), "")
     line = re.sub(r"^(instruction|edit|answer)\s*:\s*", "", line, flags=re.IGNORECASE)
     line = line.strip().strip("\"'“”‘’`").strip()
     words = line.split()
@@ -153,11 +154,12 @@ def fit_area(image: Image.Image, pixels: int = VL_IMAGE_PIXELS) -> Image.Image:
 class InstructionWriter:
     """One loaded VL model; `write` is serialised (one generation at a time per device)."""
 
-    def __init__(self, vl: VLModel, device: str | None = None, dtype: str | None = None,
-                 savers: Savers | None = None, max_new_tokens: int = 64):
+    def __init__(self, vl: VLModel, device: str | None = None,
+                 dtype: str | torch.dtype | None = None, savers: Savers | None = None,
+                 max_new_tokens: int = 64):
         self.vl = vl
         self.device = pick_device(device)
-        self.dtype = pick_dtype(self.device, dtype)
+        self.dtype = dtype if isinstance(dtype, torch.dtype) else pick_dtype(self.device, dtype)
         self.savers = savers or Savers()
         self.max_new_tokens = max_new_tokens
         self._model = self._processor = None
