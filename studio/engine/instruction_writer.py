@@ -53,6 +53,7 @@ class VLModel:
     weights: Path     # the folder with config.json and the weights
     processor: Path   # the folder with the processor (and tokenizer) files
     label: str        # what the UI and the run record say is used
+    is_demo: bool = False  # the demo model's random weights: the text is nonsense
 
 
 def _weight_names(folder: Path) -> set[str]:
@@ -115,7 +116,8 @@ def choose_vl_model(model_folder: str | Path | None, vl_folder: str | Path | Non
             f"prompts but not write text. Give a VL folder to write instructions with, e.g. a "
             f"local copy of {SUGGESTED_VL} (--vl-model /path/to/Qwen2.5-VL-7B-Instruct).")
     _check_vl(encoder, processor)
-    return VLModel(encoder, processor, f"the model's own text encoder ({encoder})")
+    demo = (root / "studio_demo.json").is_file()
+    return VLModel(encoder, processor, f"the model's own text encoder ({encoder})", demo)
 
 
 def build_prompt(examples: list[str], max_words: int = DEFAULT_MAX_WORDS,
