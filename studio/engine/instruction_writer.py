@@ -173,8 +173,9 @@ class InstructionWriter:
         try:
             processor = AutoProcessor.from_pretrained(self.vl.processor)
             model = AutoModelForImageTextToText.from_pretrained(self.vl.weights, dtype=self.dtype)
-        except (OSError, ValueError, KeyError) as exc:
-            raise VLFolderError(f"{self.vl.weights} could not be loaded as a VL model: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - safetensors, transformers raise many kinds
+            raise VLFolderError(f"{self.vl.weights} could not be loaded as a VL model "
+                                f"({type(exc).__name__}: {exc})") from exc
         model.eval()
         if not apply_text_encoder_savers(model, self.device, self.dtype, self.savers):
             model.to(self.device)

@@ -46,7 +46,7 @@ def build_app(store: Store, editor: Editor, jobs: JobManager) -> gr.Blocks:
         project = project_bar.build(store)
         with gr.Tabs():
             with gr.Tab("Dataset"):
-                dataset_tab.build(store, project)
+                dataset_tab.build(store, project, editor=editor)
             with gr.Tab("Train", id="train") as train:
                 loaders = [(train, train_tab.build(store, jobs, project, str(editor.info.path)))]
             with gr.Tab("Edit", id="edit") as edit:
