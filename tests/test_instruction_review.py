@@ -50,6 +50,12 @@ def test_write_review_and_apply_through_the_panel(store, demo_model):
     assert "Nothing is being written" in review.cancel(running, "p")
 
 
+def test_a_run_no_thread_here_runs_is_shown_as_such_and_not_polled(store):
+    store.proposals.start_job("p", "some model", "prompt", 5, "missing", 3)  # a crash left it
+    bar, alive = review.progress(store, "p", {})
+    assert "running elsewhere (a CLI run) or interrupted" in bar and not alive
+
+
 def test_the_panel_refuses_clearly(store, demo_model, tmp_path):
     headless = headless_copy(demo_model, tmp_path / "headless")
     assert "no lm_head" in review.model_note(store, str(headless), "")

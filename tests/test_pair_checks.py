@@ -95,3 +95,21 @@ def test_the_difference_view_shows_where_and_how_much():
     assert change.signature[4:, 4:].min() > 5 * change.signature[:4, :4].max()
     other = difference.measure(source, with_square(source, (0, 0, 63, 47)))
     assert difference.similarity(change.signature, other.signature) < 0.2
+
+
+def test_a_launch_keeps_the_repeated_warning_only_while_the_text_is_the_same(tmp_path):
+    from studio.dataset.instructions import set_instruction
+    from studio.dataset.validate import check_for_launch
+
+    store = Store(tmp_path / "projects")
+    store.create_project("p")
+    for n, (x, y) in enumerate([(0, 0), (100, 0), (0, 70), (100, 70), (50, 35)]):
+        add(store, tmp_path, f"e{n}", make_image(128, 96, n),
+            with_square(make_image(128, 96, n), (x, y, x + 25, y + 25)), "edited")
+    validate_project(store, "p")
+    set_instruction(store, "p", store.pairs.find("p", "e0")["id"], "Add a white box top left")
+    store.pairs.set_checked([store.pairs.find("p", "e1")["id"]], None)  # re-checked, same text
+    check_for_launch(store, "p", 1048576)
+    issues = {n: [i["message"] for i in store.pairs.find("p", n)["issues"]] for n in ("e0", "e1")}
+    assert not any("is shared by" in m for m in issues["e0"])
+    assert any("'edited' is shared by 5 pairs" in m for m in issues["e1"])

@@ -74,8 +74,11 @@ def identical_issues(peak_cell: float) -> list[dict[str, str]]:
                              f"is the edited image, or remove the pair")]
 
 
+REPEATED_PREFIX = "the instruction "
+
+
 def repeated_instruction_issue(text: str, pairs: int, similarity: float) -> dict[str, str]:
-    return issue("warning", f"the instruction {text[:60]!r} is shared by {pairs} pairs whose "
+    return issue("warning", f"{REPEATED_PREFIX}{text[:60]!r} is shared by {pairs} pairs whose "
                             f"changes differ (similarity {similarity:.2f}): the model cannot "
                             f"learn which change it asks for. Write what changed in each pair, "
                             f"or propose instructions from the images "

@@ -16,7 +16,7 @@ from typing import Callable
 from ..store import Store
 from . import difference
 from .checks import (DEFAULT_MAX_PIXELS, REPEATED_MAX_SIMILARITY, REPEATED_MIN_PAIRS,
-                     identical_issues, issue, pair_issues, repeated_instruction_issue)
+                     REPEATED_PREFIX, identical_issues, issue, pair_issues, repeated_instruction_issue)
 
 # Pairs of one repeated instruction whose changes are compared: enough to tell like from unlike.
 REPEATED_SAMPLE = 24
@@ -71,14 +71,15 @@ def check_for_launch(store: Store, project: str, max_pixels: int) -> ValidationR
     # Marks cannot vouch for files or for other pairs: pairs with a file gone, pairs in a
     # duplicate group, and stored errors (a file may be back) are checked again.
     duplicates, files = _duplicates(store, project), _Files(store.project_dir(project))
-    repeated = repeated_instructions(store, project)
-    stale = missing_files(store, project, files) | set(duplicates) | set(repeated)
+    stale = missing_files(store, project, files) | set(duplicates)
     stale |= {row["id"] for row in pairs.stored_issues(project, "error")}
     pairs.set_checked(stale, None)
     checked = ValidationReport(project)
     # Larger batches than a validation with a progress bar: each is a commit (an fsync).
+    # A repeated instruction's warning is validate_project's (it compares images across
+    # pairs): a pair re-checked here keeps the one it had while its text is unchanged.
     _check(store, project, max_pixels, checked, duplicates, files, only_unchecked=True,
-           batch_size=5000, repeated=repeated)
+           batch_size=5000, repeated=_stored_repeated(store, project))
     counts = pairs.counts(project)
     report = ValidationReport(project, counts["total"], counts["ok"], counts["warning"],
                               counts["error"], rechecked=checked.pairs)
@@ -136,8 +137,7 @@ def _check(store: Store, project: str, max_pixels: int, report: ValidationReport
             batch = pairs.batch_after(project, last, batch_size,
                                       not_checked_at=max_pixels if only_unchecked else None)
             found = [_issues(store, project, pair, files, duplicates.get(pair["id"]), max_pixels)
-                     + ([repeated[pair["id"]]] if pair["id"] in (repeated or {}) else [])
-                     for pair in batch]
+                     + _repeated_of(pair, repeated or {}) for pair in batch]
             pairs.set_issues([(pair["id"], issues) for pair, issues in zip(batch, found)
                               if issues != pair["issues"]], checked_pixels=max_pixels)
             pairs.set_checked([pair["id"] for pair, issues in zip(batch, found)
@@ -155,6 +155,19 @@ def _duplicates(store: Store, project: str) -> dict[int, str]:
     """Pair id -> the sample ids of the pairs sharing both its images."""
     return {pair_id: ", ".join(s for i, s in group if i != pair_id)
             for group in store.pairs.duplicate_groups(project) for pair_id, _ in group}
+
+
+def _repeated_of(pair: dict, repeated: dict[int, dict]) -> list[dict]:
+    """The pair's repeated-instruction warning, while it still has the text it names."""
+    found = repeated.get(pair["id"])
+    if found and repr((pair["instruction"] or "")[:60]) in found["message"]:
+        return [found]
+    return []
+
+
+def _stored_repeated(store: Store, project: str) -> dict[int, dict]:
+    return {row["id"]: found for row in store.pairs.stored_issues(project, "warning")
+            for found in row["issues"] if found["message"].startswith(REPEATED_PREFIX)}
 
 
 def repeated_instructions(store: Store, project: str) -> dict[int, dict]:

@@ -63,20 +63,26 @@ def start(store: Store, running: dict, name: str, model: str | None, vl_model: s
     return f"Started: {len(job.pair_ids)} pair(s) with {job.vl.label}."
 
 
-def progress(store: Store, name: str | None) -> tuple[str, bool]:
-    """(the latest run's progress bar as HTML, whether it is still running)."""
+def progress(store: Store, name: str | None, running: dict | None = None) -> tuple[str, bool]:
+    """(the latest run's progress bar as HTML, whether this app is still running it). A run
+    marked running that no thread here runs is a CLI's, or one a crash interrupted."""
     if not name or store.get_project(name) is None:
         return "", False
     job = store.proposals.latest_job(name)
     if job is None:
         return "No instructions written yet.", False
+    ours = running is None or (name in running and running[name].job_id == job["id"]
+                               and running[name].thread is not None
+                               and running[name].thread.is_alive())
+    status = job["status"] if ours or job["status"] != "running" else \
+        "running elsewhere (a CLI run) or interrupted"
     bar = f"<progress value='{job['done']}' max='{max(1, job['total'])}'></progress>"
-    text = (f"{bar} {job['done']} / {job['total']} pairs · {job['status']} · "
+    text = (f"{bar} {job['done']} / {job['total']} pairs · {status} · "
             f"{store.proposals.count(name)} pending review")
     if job.get("error"):
         text += f"<br>{html.escape(job['error'])}"
     text += "".join(f"<br>· {html.escape(note)}" for note in job["notes"][-5:])
-    return text, job["status"] == "running"
+    return text, job["status"] == "running" and ours
 
 
 def cancel(running: dict, name: str) -> str:
@@ -186,7 +192,7 @@ def build(store: Store, project: gr.Dropdown, search: gr.Textbox, model: str | N
         return message, gr.Timer(active=True)
 
     def on_tick(name):
-        bar, alive = progress(store, name)
+        bar, alive = progress(store, name, running)
         return (bar, gr.Timer(active=alive), *refresh(name))
 
     def on_pick(name, evt: gr.SelectData):
