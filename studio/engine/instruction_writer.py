@@ -80,9 +80,11 @@ def _check_vl(weights: Path, processor: Path) -> None:
     if not config.is_file():
         raise VLFolderError(f"{weights} is not a vision-language model folder: no config.json. "
                             f"Give a local Qwen2.5-VL or Qwen3-VL folder (e.g. {SUGGESTED_VL}).")
-    kind = json.loads(config.read_text()).get("model_type", "")
+    settings = json.loads(config.read_text())
+    kind = settings.get("model_type") or ""
     if kind not in VL_MODEL_TYPES:
-        raise VLFolderError(f"{weights} holds a {kind or 'unknown'!r} model, not Qwen2.5-VL or "
+        shown = kind or settings.get("_class_name") or "unknown"
+        raise VLFolderError(f"{weights} holds a {shown!r} model, not Qwen2.5-VL or "
                             f"Qwen3-VL ({', '.join(VL_MODEL_TYPES)}); give such a folder "
                             f"(e.g. {SUGGESTED_VL}).")
     if not any(weights.glob("*.safetensors")):
