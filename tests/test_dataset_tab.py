@@ -35,7 +35,7 @@ def serve_dataset_tab(root):
 def test_samples_one_pair_and_a_zip_through_the_tab(served, tmp_path):
     client, store = served
     report, gallery, table, info, page = client.predict("default", "", 1, api_name="/dataset_samples")
-    assert "8 pairs added" in report and len(gallery) == 16 and page == 1
+    assert "8 pairs added" in report and len(gallery) == 24 and page == 1  # source, target, difference
     assert "8 pairs" in info and len(table["data"]) == 8
 
     (tmp_path / "s.jpg").write_bytes(jpeg(1))

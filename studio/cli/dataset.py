@@ -1,22 +1,27 @@
-"""`dataset import | validate | export | list | samples | encode | cache`: curate edit pairs
-without a browser."""
+"""`dataset import | validate | export | list | samples | instructions | encode | cache`:
+curate edit pairs without a browser."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
 import time
+from pathlib import Path
 
 from tqdm import tqdm
 
-from ..dataset import importers
+from ..dataset import importers, proposals
 from ..dataset.checks import DEFAULT_MAX_PIXELS
 from ..dataset.export import FORMATS, export_dataset
 from ..dataset.instructions import Rewrite, rewrite_instructions
 from ..dataset.synthetic_pairs import add_synthetic_pairs
 from ..dataset.split import hold_out, parse_count
 from ..dataset.validate import validate_project
+from ..engine.instruction_writer import DEFAULT_MAX_WORDS, INSTRUCTION_PROMPT
+from ..engine.models import resolve_model
+from ..engine.savers import Savers
 from ..jobs import encode_cache
+from ..jobs.instruction_writing import InstructionJob, WriteRequest
 from ..jobs.launch import TRAIN_PRESETS
 from .project import open_store
 from .train import options
@@ -78,13 +83,17 @@ def register(sub) -> None:
     spl.add_argument("--seed", type=int, default=0, help="the same seed draws the same pairs")
     spl.set_defaults(handler=run_split)
 
-    ins = verbs.add_parser("instructions", help="rewrite many instructions: prefix, suffix, replace")
+    ins = verbs.add_parser("instructions", help="rewrite many instructions (prefix, suffix, "
+                                                "replace), or write them from the images (--write)")
     ins.add_argument("--project", required=True)
     ins.add_argument("--prefix", default="", help='put in front, once (e.g. "sks style, ")')
     ins.add_argument("--suffix", default="", help="put at the end, once")
     ins.add_argument("--replace", nargs=2, metavar=("OLD", "NEW"), default=("", ""))
     ins.add_argument("--search", default=None, help="only instructions containing this text")
-    ins.add_argument("--dry-run", action="store_true", help="show what would change")
+    ins.add_argument("--dry-run", nargs="?", const=True, default=False, metavar="OUT.jsonl",
+                     help="show what would change; with --write, store the proposals for "
+                          "review and write them to OUT.jsonl")
+    instruction_writer_flags(ins)
     ins.set_defaults(handler=run_instructions)
 
     enc = verbs.add_parser("encode", help="encode the pairs for a model before any run (a run "
@@ -104,6 +113,32 @@ def register(sub) -> None:
     action.add_argument("--clear", action="store_true",
                         help="delete the cache (only --model's part with --model)")
     cache.set_defaults(handler=run_cache)
+
+
+def instruction_writer_flags(p) -> None:
+    g = p.add_argument_group("writing instructions from the images (a vision-language model)")
+    g.add_argument("--write", action="store_true",
+                   help="propose each pair's instruction from its source and target; without "
+                        "--dry-run the proposals are applied at once")
+    scope = g.add_mutually_exclusive_group()
+    scope.add_argument("--missing", dest="scope", action="store_const", const="missing",
+                       help="pairs with no instruction (default)")
+    scope.add_argument("--all", dest="scope", action="store_const", const="all", help="every pair")
+    g.add_argument("--apply", metavar="FILE", help="apply a reviewed --dry-run file")
+    g.add_argument("--undo", metavar="SAMPLE_ID", help="put back a pair's previous instruction")
+    g.add_argument("--overwrite", action="store_true",
+                   help="let proposals replace instructions a person wrote")
+    g.add_argument("--model", default=None, help="the edit model folder or 'demo' (default: "
+                                                 "demo); its text_encoder writes if it has lm_head")
+    g.add_argument("--vl-model", default=None, metavar="DIR",
+                   help="a local Qwen2.5-VL / Qwen3-VL folder to write with instead")
+    g.add_argument("--prompt-file", default=None, metavar="FILE",
+                   help="the prompt asking for the instruction ({examples}, {max_words})")
+    g.add_argument("--max-words", type=int, default=DEFAULT_MAX_WORDS)
+    g.add_argument("--device", default=None, help="cpu, cuda, npu (default: the best there is)")
+    g.add_argument("--dtype", default=None, choices=["auto", "bf16", "fp16", "fp32"])
+    g.add_argument("--fp8-text-encoder", action="store_true")
+    g.add_argument("--text-encoder-offload", action="store_true")
 
 
 def add_encoding_flags(p) -> None:
@@ -247,6 +282,10 @@ def run_samples(args) -> int:
 
 
 def run_instructions(args) -> int:
+    if args.write or args.apply or args.undo:
+        return run_instruction_writer(args)
+    if isinstance(args.dry_run, str):
+        raise ValueError("--dry-run OUT.jsonl goes with --write")
     rewrite = Rewrite(args.prefix, args.suffix, *args.replace)
     changes = rewrite_instructions(open_store(args), args.project, rewrite, args.search, args.dry_run)
     for sample_id, old, new in changes[:20]:
@@ -255,6 +294,57 @@ def run_instructions(args) -> int:
         print(f"… and {len(changes) - 20} more")
     print(f"{len(changes)} instruction(s) {'would change' if args.dry_run else 'changed'}")
     return 0
+
+
+def run_instruction_writer(args) -> int:
+    store = open_store(args)
+    store.require_project(args.project)
+    if args.undo:
+        pair = store.pairs.find(args.project, args.undo)
+        if pair is None:
+            raise ValueError(f"project {args.project!r} has no pair {args.undo!r}")
+        print(proposals.undo(store, args.project, pair["id"]))
+        return 0
+    if args.apply:
+        print(proposals.apply_review_file(store, args.project, args.apply, args.overwrite).summary())
+        return 0
+    if args.dry_run is True:
+        raise ValueError("with --write, --dry-run needs the file to write: --dry-run OUT.jsonl")
+    request = WriteRequest(
+        args.project, model=str(resolve_model(args.model, store.root)), vl_model=args.vl_model,
+        scope="search" if args.search else args.scope or "missing", search=args.search,
+        prompt=Path(args.prompt_file).read_text(encoding="utf-8") if args.prompt_file
+        else INSTRUCTION_PROMPT, max_words=args.max_words, device=args.device, dtype=args.dtype,
+        savers=Savers(fp8_text_encoder=args.fp8_text_encoder,
+                      text_encoder_offload=args.text_encoder_offload))
+    job = InstructionJob(store, request)
+    print(f"writing instructions for {len(job.pair_ids)} pair(s) with {job.vl.label}")
+    if job.vl.is_demo:
+        print("note: the demo model has random weights, so its instructions are nonsense")
+    bar = _Bar("proposing")
+    try:
+        result = job.run(progress=bar)
+    except KeyboardInterrupt:  # the proposals stored so far stay
+        job.cancel()
+        result = store.proposals.job(job.job_id)
+        store.proposals.end_job(job.job_id, "cancelled", "interrupted (Ctrl-C)")
+    finally:
+        bar.close()
+    for note in result["notes"]:
+        print(f"note: {note}")
+    written = result["done"] - result["failed"]
+    print(f"{written} proposal(s) written; run {result['status']}"
+          + (f": {result['error']}" if result.get("error") else ""))
+    if args.dry_run:
+        count = proposals.write_review_file(store, args.project, args.dry_run)
+        print(f"{count} pending proposal(s) written to {args.dry_run}; edit 'proposed' or set "
+              f"'decision' to reject, then: dataset instructions --project {args.project} "
+              f"--apply {args.dry_run}")
+    else:
+        ids = [p["id"] for p in store.proposals.pending(args.project, limit=10**9)
+               if p["job_id"] == job.job_id]
+        print(proposals.accept(store, args.project, dict.fromkeys(ids), args.overwrite).summary())
+    return 0 if result["status"] == "finished" else 1
 
 
 def run_split(args) -> int:

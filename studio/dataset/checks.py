@@ -43,13 +43,46 @@ def size_issues(source: tuple[int, int], target: tuple[int, int],
               f"{'×'.join(map(str, train_size(*target, max_pixels)))}")
     source_aspect, target_aspect = source[0] / source[1], target[0] / target[1]
     if abs(source_aspect / target_aspect - 1) > 0.01:
+        ratio = max(source_aspect / target_aspect, target_aspect / source_aspect)
         out.append(issue("warning", f"source {source[0]}×{source[1]} and target {target[0]}×"
                                     f"{target[1]} have different aspect ratios "
-                                    f"({source_aspect:.2f} vs {target_aspect:.2f}); {trains}"))
+                                    f"({source_aspect:.2f} vs {target_aspect:.2f}); {trains}: "
+                                    f"to line up, one is stretched {ratio - 1:.0%} or loses "
+                                    f"{1 - 1 / ratio:.0%} of its area to a crop. Crop the "
+                                    f"source to the target's framing, or remove the pair"))
     else:
         out.append(issue("warning", f"source {source[0]}×{source[1]} and target {target[0]}×"
                                     f"{target[1]} differ in size; {trains}"))
     return out
+
+
+# Mean cell difference under which a pair counts as unchanged (JPEG re-encoding alone
+# moves pixels by about 1/255 on average).
+IDENTICAL_PEAK = 0.015
+# One instruction on this many pairs (or more) whose changes differ is likely a placeholder.
+REPEATED_MIN_PAIRS = 5
+# Mean change-signature similarity under which the pairs' changes count as different.
+REPEATED_MAX_SIMILARITY = 0.8
+
+
+def identical_issues(peak_cell: float) -> list[dict[str, str]]:
+    """`peak_cell`: the largest mean difference of any cell (difference.Change.peak_cell)."""
+    if peak_cell >= IDENTICAL_PEAK:
+        return []
+    return [issue("warning", f"source and target are nearly identical (at most {peak_cell:.1%} "
+                             f"difference in any part): nothing to learn. Check that the target "
+                             f"is the edited image, or remove the pair")]
+
+
+REPEATED_PREFIX = "the instruction "
+
+
+def repeated_instruction_issue(text: str, pairs: int, similarity: float) -> dict[str, str]:
+    return issue("warning", f"{REPEATED_PREFIX}{text[:60]!r} is shared by {pairs} pairs whose "
+                            f"changes differ (similarity {similarity:.2f}): the model cannot "
+                            f"learn which change it asks for. Write what changed in each pair, "
+                            f"or propose instructions from the images "
+                            f"(dataset instructions --write --search {text[:30]!r})")
 
 
 def instruction_issues(text: str) -> list[dict[str, str]]:

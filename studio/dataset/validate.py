@@ -14,7 +14,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from ..store import Store
-from .checks import DEFAULT_MAX_PIXELS, issue, pair_issues
+from . import difference
+from .checks import (DEFAULT_MAX_PIXELS, REPEATED_MAX_SIMILARITY, REPEATED_MIN_PAIRS,
+                     REPEATED_PREFIX, identical_issues, issue, pair_issues, repeated_instruction_issue)
+
+# Pairs of one repeated instruction whose changes are compared: enough to tell like from unlike.
+REPEATED_SAMPLE = 24
 
 
 @dataclass
@@ -52,7 +57,8 @@ def validate_project(store: Store, project: str, max_pixels: int = DEFAULT_MAX_P
     """Recompute every pair's issues (sizes, instruction, missing files, duplicates) and store them."""
     report = ValidationReport(project)
     _check(store, project, max_pixels, report, _duplicates(store, project),
-           _Files(store.project_dir(project)), progress=progress)
+           _Files(store.project_dir(project)), progress=progress,
+           repeated=repeated_instructions(store, project))
     report.rechecked = report.pairs
     return report
 
@@ -70,8 +76,10 @@ def check_for_launch(store: Store, project: str, max_pixels: int) -> ValidationR
     pairs.set_checked(stale, None)
     checked = ValidationReport(project)
     # Larger batches than a validation with a progress bar: each is a commit (an fsync).
+    # A repeated instruction's warning is validate_project's (it compares images across
+    # pairs): a pair re-checked here keeps the one it had while its text is unchanged.
     _check(store, project, max_pixels, checked, duplicates, files, only_unchecked=True,
-           batch_size=5000)
+           batch_size=5000, repeated=_stored_repeated(store, project))
     counts = pairs.counts(project)
     report = ValidationReport(project, counts["total"], counts["ok"], counts["warning"],
                               counts["error"], rechecked=checked.pairs)
@@ -115,7 +123,8 @@ def missing_files(store: Store, project: str, files: _Files | None = None) -> se
 
 def _check(store: Store, project: str, max_pixels: int, report: ValidationReport,
            duplicates: dict[int, str], files: _Files, only_unchecked: bool = False,
-           progress: Callable[[int, int], None] | None = None, batch_size: int = 1000) -> None:
+           progress: Callable[[int, int], None] | None = None, batch_size: int = 1000,
+           repeated: dict[int, dict] | None = None) -> None:
     """Check every pair (or those not checked at max_pixels since they changed), store the
     issues and the mark, and add each pair to the report."""
     pairs = store.pairs
@@ -127,7 +136,8 @@ def _check(store: Store, project: str, max_pixels: int, report: ValidationReport
         with store.write():
             batch = pairs.batch_after(project, last, batch_size,
                                       not_checked_at=max_pixels if only_unchecked else None)
-            found = [_issues(pair, files, duplicates.get(pair["id"]), max_pixels) for pair in batch]
+            found = [_issues(store, project, pair, files, duplicates.get(pair["id"]), max_pixels)
+                     + _repeated_of(pair, repeated or {}) for pair in batch]
             pairs.set_issues([(pair["id"], issues) for pair, issues in zip(batch, found)
                               if issues != pair["issues"]], checked_pixels=max_pixels)
             pairs.set_checked([pair["id"] for pair, issues in zip(batch, found)
@@ -147,12 +157,62 @@ def _duplicates(store: Store, project: str) -> dict[int, str]:
             for group in store.pairs.duplicate_groups(project) for pair_id, _ in group}
 
 
-def _issues(pair: dict, files: _Files, duplicate_of: str | None, max_pixels: int) -> list[dict]:
+def _repeated_of(pair: dict, repeated: dict[int, dict]) -> list[dict]:
+    """The pair's repeated-instruction warning, while it still has the text it names."""
+    found = repeated.get(pair["id"])
+    if found and repr((pair["instruction"] or "")[:60]) in found["message"]:
+        return [found]
+    return []
+
+
+def _stored_repeated(store: Store, project: str) -> dict[int, dict]:
+    return {row["id"]: found for row in store.pairs.stored_issues(project, "warning")
+            for found in row["issues"] if found["message"].startswith(REPEATED_PREFIX)}
+
+
+def repeated_instructions(store: Store, project: str) -> dict[int, dict]:
+    """Pair id -> the warning for an instruction that many pairs share while their changes
+    differ (compared on a sample of each group; unreadable images are left out)."""
+    out = {}
+    for text, count, sample in store.pairs.shared_instructions(project, REPEATED_MIN_PAIRS,
+                                                               REPEATED_SAMPLE):
+        signatures = []
+        for pair in sample:
+            try:
+                signatures.append(difference.measure_files(
+                    store.pairs.path(project, pair["source_path"]),
+                    store.pairs.path(project, pair["target_path"])).signature)
+            except Exception:  # noqa: BLE001 - the pair's own check reports its files
+                continue
+        couples = [(i, j) for i in range(len(signatures)) for j in range(i + 1, len(signatures))]
+        if not couples:
+            continue
+        mean = sum(difference.similarity(signatures[i], signatures[j])
+                   for i, j in couples) / len(couples)
+        if mean < REPEATED_MAX_SIMILARITY:
+            warning = repeated_instruction_issue(text, count, mean)
+            out.update({pair_id: warning for pair_id in store.pairs.ids_with_instruction(project, text)})
+    return out
+
+
+def _issues(store: Store, project: str, pair: dict, files: _Files, duplicate_of: str | None,
+            max_pixels: int) -> list[dict]:
     issues = pair_issues(pair, max_pixels)
+    present = True
     for role, relative in [("source", pair["source_path"]), ("target", pair["target_path"]),
                            *[("extra source", p) for p in pair["extra_sources"]]]:
         if relative not in files:
+            present = False
             issues.append(issue("error", f"{role} image file is missing: {relative}"))
+    same_file = pair.get("source_hash") and pair.get("source_hash") == pair.get("target_hash")
+    if present and not same_file:  # the same file is its own warning (pair_issues)
+        try:
+            change = difference.measure_files(store.pairs.path(project, pair["source_path"]),
+                                              store.pairs.path(project, pair["target_path"]))
+            issues += identical_issues(change.peak_cell)
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds on a corrupt file
+            issues.append(issue("error", f"the images cannot be read ({exc}): import the pair "
+                                         f"again or remove it"))
     if duplicate_of:
         issues.append(issue("warning", f"duplicate: same source and target images as {duplicate_of}"))
     return issues

@@ -1,10 +1,11 @@
 """The SQLite project store: core (connection, write transactions, migrations, projects,
-edits, adapters), pairs, runs and sources. Those import core only; this module joins them."""
+edits, adapters), pairs, proposals, runs and sources. Those import core only; this module joins them."""
 from __future__ import annotations
 
 from .core import BUSY_TIMEOUT_S, StoreCore, now
 from .migrations import SCHEMA_VERSION
 from .pairs import Pairs
+from .proposals import Proposals
 from .runs import Runs
 from .sources import Sources
 
@@ -15,6 +16,10 @@ class Store(StoreCore):
     @property
     def pairs(self) -> Pairs:
         return Pairs(self)
+
+    @property
+    def proposals(self) -> Proposals:
+        return Proposals(self)
 
     @property
     def runs(self) -> Runs:

@@ -132,7 +132,8 @@ class StoreCore:
     def delete_project(self, name: str) -> None:
         with self.write():
             project = self.require_project(name)
-            for table in ("edits", "adapters", "runs", "pairs"):
+            for table in ("edits", "adapters", "runs", "instruction_proposals",
+                          "instruction_history", "instruction_jobs", "pairs"):
                 self.db.execute(f"DELETE FROM {table} WHERE project_id = ?", [project["id"]])
             self.db.execute("DELETE FROM projects WHERE id = ?", [project["id"]])
         shutil.rmtree(self.project_dir(name), ignore_errors=True)

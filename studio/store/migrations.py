@@ -90,6 +90,37 @@ def _v6_checked_pixels(db: sqlite_utils.Database) -> None:
     db["pairs"].add_column("checked_pixels", int)
 
 
+def _v7_instruction_proposals(db: sqlite_utils.Database) -> None:
+    """Instructions written by a VL model (studio/engine/instruction_writer.py): each run
+    of the writer, its proposals awaiting review, and every instruction's previous text so
+    any change can be undone. `instruction_origin` tells a person's text ('') from an
+    accepted proposal ('writer'): a person's is never replaced unless the user asks."""
+    db["pairs"].add_column("instruction_origin", str, not_null_default="")
+    db["instruction_jobs"].create(
+        {"id": int, "project_id": int, "model": str, "prompt": str, "max_words": int,
+         "scope": str, "status": str, "total": int, "done": int, "failed": int,
+         "error": str, "notes": str, "created_at": str, "ended_at": str},
+        pk="id", foreign_keys=[("project_id", "projects", "id")],
+        not_null={"project_id", "status", "created_at"}, defaults={"notes": "[]"},
+    )
+    db["instruction_proposals"].create(
+        {"id": int, "project_id": int, "job_id": int, "pair_id": int, "text": str,
+         "status": str, "created_at": str, "decided_at": str},
+        pk="id", foreign_keys=[("project_id", "projects", "id"),
+                               ("job_id", "instruction_jobs", "id")],
+        not_null={"project_id", "pair_id", "text", "status", "created_at"},
+    )
+    db["instruction_proposals"].create_index(["project_id", "status", "id"],
+                                             index_name="idx_proposals_status")
+    db["instruction_history"].create(
+        {"id": int, "project_id": int, "pair_id": int, "previous": str, "previous_origin": str,
+         "new": str, "origin": str, "changed_at": str},
+        pk="id", foreign_keys=[("project_id", "projects", "id")],
+        not_null={"project_id", "pair_id", "changed_at"},
+    )
+    db["instruction_history"].create_index(["pair_id", "id"], index_name="idx_history_pair")
+
+
 def _v8_adapter_origin(db: sqlite_utils.Database) -> None:
     """Where an adapter made from others came from (JSON: the operation, its parents by id,
     name and path, their strengths or weights); NULL for checkpoints and imported files."""
@@ -98,5 +129,5 @@ def _v8_adapter_origin(db: sqlite_utils.Database) -> None:
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_initial, _v2_pair_curation, _v3_edit_kinds, _v4_run_jobs, _v5_scheduler_jobs,
-    _v6_checked_pixels, _v8_adapter_origin]
+    _v6_checked_pixels, _v7_instruction_proposals, _v8_adapter_origin]
 SCHEMA_VERSION = len(MIGRATIONS)

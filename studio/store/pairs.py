@@ -107,15 +107,62 @@ class Pairs:
             candidate = f"{wanted}_{n}"
         return candidate
 
-    def set_instructions(self, updates: Iterable[tuple[int, str, list[dict[str, str]]]]) -> None:
+    def set_instructions(self, updates: Iterable[tuple[int, str, list[dict[str, str]]]],
+                         origin: str = "person") -> None:
         """(pair id, instruction, its re-checked issues) for many pairs in one transaction.
-        The pair is marked unchecked: its files and duplicates are checked again at launch."""
+        The pair is marked unchecked: its files and duplicates are checked again at launch.
+        Each changed text's previous one is kept (instruction_history) with `origin`: who
+        changed it (person, rewrite, writer), so the change can be undone."""
+        updates = list(updates)
         with self.store.write():
+            self._record(updates, origin)
             self.db.conn.executemany(
                 "UPDATE pairs SET instruction = ?, issues = ?, status = ?, updated_at = ?, "
-                "checked_pixels = NULL WHERE id = ?",
-                [(text, json.dumps(issues, ensure_ascii=False), status_of(issues), now(), pair_id)
+                "checked_pixels = NULL, instruction_origin = ? WHERE id = ?",
+                [(text, json.dumps(issues, ensure_ascii=False), status_of(issues), now(),
+                  "writer" if origin == "writer" else "", pair_id)
                  for pair_id, text, issues in updates])
+
+    def _record(self, updates: list, origin: str) -> None:
+        new = {pair_id: text for pair_id, text, _ in updates}
+        for start in range(0, len(updates), 500):
+            chunk = list(new)[start:start + 500]
+            rows = self.db.execute(
+                f"SELECT id, project_id, instruction, instruction_origin FROM pairs WHERE id IN "
+                f"({','.join('?' * len(chunk))})", chunk).fetchall()
+            self.db.conn.executemany(
+                "INSERT INTO instruction_history (project_id, pair_id, previous, previous_origin, "
+                "new, origin, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(pid, pair_id, old or "", old_origin or "", new[pair_id], origin, now())
+                 for pair_id, pid, old, old_origin in rows if (old or "") != new[pair_id]])
+
+    def history(self, project: str, pair_id: int) -> list[dict[str, Any]]:
+        """A pair's instruction changes, newest first."""
+        with self._lock:
+            return self.db.execute_returning_dicts(
+                "SELECT * FROM instruction_history WHERE project_id = ? AND pair_id = ? "
+                "ORDER BY id DESC", [self.project_id(project), pair_id])
+
+    def undo_instruction(self, pair_id: int, issues_of) -> dict[str, Any] | None:
+        """Put back the text a pair's last instruction change replaced (with its origin) and
+        forget that change; `issues_of(pair row with the old text)` re-checks it. Returns the
+        undone change, or None when there is none."""
+        with self.store.write():
+            rows = self.db.execute_returning_dicts(
+                "SELECT * FROM instruction_history WHERE pair_id = ? ORDER BY id DESC LIMIT 1",
+                [pair_id])
+            if not rows:
+                return None
+            change = rows[0]
+            pair = _decode(next(self.db["pairs"].rows_where("id = ?", [pair_id])))
+            issues = issues_of({**pair, "instruction": change["previous"]})
+            self.db.execute(
+                "UPDATE pairs SET instruction = ?, instruction_origin = ?, issues = ?, status = ?, "
+                "updated_at = ?, checked_pixels = NULL WHERE id = ?",
+                [change["previous"], change["previous_origin"], json.dumps(issues, ensure_ascii=False),
+                 status_of(issues), now(), pair_id])
+            self.db.execute("DELETE FROM instruction_history WHERE id = ?", [change["id"]])
+        return change
 
     def set_issues(self, updates: Iterable[tuple[int, list[dict[str, str]]]],
                    checked_pixels: int | None = None) -> None:
@@ -159,6 +206,9 @@ class Pairs:
                 files = _image_files(self.db.execute(
                     f"SELECT source_path, target_path, extra_sources FROM pairs "
                     f"WHERE project_id = ? AND id IN ({marks})", [pid, *pair_ids]))
+                for table in ("instruction_history", "instruction_proposals"):
+                    self.db.execute(f"DELETE FROM {table} WHERE project_id = ? AND pair_id IN "
+                                    f"({marks})", [pid, *pair_ids])
                 cursor = self.db.execute(
                     f"DELETE FROM pairs WHERE project_id = ? AND id IN ({marks})", [pid, *pair_ids])
                 unused = files - _image_files(self.db.execute(
@@ -284,6 +334,26 @@ class Pairs:
                 "SELECT id, sample_id, issues FROM pairs WHERE project_id = ? AND status = ? "
                 "ORDER BY id", [pid, status])
         return [_decode(row) for row in rows]
+
+    def shared_instructions(self, project: str, min_pairs: int,
+                            per_group: int) -> list[tuple[str, int, list[dict[str, Any]]]]:
+        """Instructions of at least `min_pairs` pairs: (text, pair count, up to `per_group`
+        of its pairs' {id, sample_id, source_path, target_path}), for the repetition check."""
+        pid = self.project_id(project)
+        with self._lock:
+            groups = self.db.execute(
+                "SELECT instruction, count(*) FROM pairs WHERE project_id = ? AND instruction != '' "
+                "GROUP BY instruction HAVING count(*) >= ?", [pid, int(min_pairs)]).fetchall()
+            return [(text, n, self.db.execute_returning_dicts(
+                "SELECT id, sample_id, source_path, target_path FROM pairs WHERE project_id = ? "
+                "AND instruction = ? ORDER BY id LIMIT ?", [pid, text, int(per_group)]))
+                for text, n in groups]
+
+    def ids_with_instruction(self, project: str, text: str) -> list[int]:
+        with self._lock:
+            return [r[0] for r in self.db.execute(
+                "SELECT id FROM pairs WHERE project_id = ? AND instruction = ? ORDER BY id",
+                [self.project_id(project), text])]
 
     def duplicate_groups(self, project: str) -> list[list[tuple[int, str]]]:
         """Pairs sharing the same source and target images, as [(id, sample_id), …] groups."""

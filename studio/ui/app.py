@@ -47,7 +47,7 @@ def build_app(store: Store, editor: Editor, jobs: JobManager) -> gr.Blocks:
         project = project_bar.build(store)
         with gr.Tabs() as tabs:
             with gr.Tab("Dataset"):
-                dataset_tab.build(store, project)
+                dataset_tab.build(store, project, editor=editor)
             with gr.Tab("Train", id="train") as train:
                 train_parts = train_tab.build(store, jobs, project, str(editor.info.path))
                 loaders = [(train, train_parts.loader)]

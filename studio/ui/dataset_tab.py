@@ -11,6 +11,7 @@ import gradio as gr
 from PIL import Image
 
 from ..dataset import importers
+from ..dataset.difference import difference_view
 from ..dataset.export import FORMATS, export_dataset
 from ..dataset.instructions import Rewrite, rewrite_instructions, set_instruction
 from ..dataset.synthetic_pairs import add_synthetic_pairs
@@ -20,7 +21,7 @@ from ..engine.models import MODEL_ENV
 from ..jobs import encode_cache
 from ..jobs.launch import TRAIN_PRESETS
 from ..store import Store
-from . import source_panel
+from . import instruction_review, source_panel
 from .common import user_error
 
 PAGE_SIZE = 20
@@ -51,9 +52,11 @@ def _show_page(store: Store, name, text, number):
     rows = pairs.page(name, page=number - 1, page_size=PAGE_SIZE, search=text or None)
     images = []
     for row in rows:
-        images.append((_thumbnail(pairs.path(name, row["source_path"])), f"{row['sample_id']} · source"))
-        images.append((_thumbnail(pairs.path(name, row["target_path"])),
-                       f"{row['sample_id']} · {row['instruction'][:80]}"))
+        source = _thumbnail(pairs.path(name, row["source_path"]))
+        target = _thumbnail(pairs.path(name, row["target_path"]))
+        images.append((source, f"{row['sample_id']} · source"))
+        images.append((target, f"{row['sample_id']} · {row['instruction'][:80]}"))
+        images.append((difference_view(source, target, THUMBNAIL), f"{row['sample_id']} · difference"))
     data = [[r["id"], r["sample_id"], r["split"], r["status"], r["instruction"],
              "; ".join(i["message"] for i in r["issues"] if i["level"] != "info")] for r in rows]
     counts = pairs.counts(name)
@@ -68,8 +71,19 @@ def _preset_resizes(preset: str) -> bool:
     return TRAIN_PRESETS[preset].get("edit_image_auto_resize", True)
 
 
-def build(store: Store, project: gr.Dropdown, model: str | None = None) -> None:
-    """`model`: the model the encode cache row counts for at first (default: the studio's)."""
+def _writer_engine(editor) -> dict:
+    """The instruction writer runs as the editor does, and frees the editor's pipeline first
+    when both would share an accelerator."""
+    if editor is None:
+        return {}
+    return {"device": editor.device, "dtype": editor.dtype, "savers": editor.savers,
+            "before_load": lambda device: editor.shares_device(device.split(":")[0])
+            and editor.release()}
+
+
+def build(store: Store, project: gr.Dropdown, model: str | None = None, editor=None) -> None:
+    """`model`: the model the encode cache row counts for at first (default: the studio's);
+    `editor`: the studio's, whose model, device and savers the instruction writer uses."""
     pairs = store.pairs
     encoders: dict[str, object] = {}  # project -> its pre-encode's process, reaped when it ends
 
@@ -143,7 +157,8 @@ def build(store: Store, project: gr.Dropdown, model: str | None = None) -> None:
     # Callable values are re-evaluated on each page load, so a reload shows current pairs.
     first_page = lambda part: lambda: _show_page(store, project.value, "", 1)[part]  # noqa: E731
     page_info = gr.Markdown(value=first_page(2), elem_id="ds-page-info")
-    gallery = gr.Gallery(value=first_page(0), label="Source | target", columns=4, height=420,
+    gallery = gr.Gallery(value=first_page(0), label="Source | target | difference", columns=6,
+                         height=420,
                          elem_id="ds-gallery")
     table = gr.Dataframe(value=first_page(1), headers=COLUMNS, interactive=False, wrap=True,
                          elem_id="ds-table")
@@ -151,9 +166,13 @@ def build(store: Store, project: gr.Dropdown, model: str | None = None) -> None:
     with gr.Row():
         chosen_source = gr.Image(type="pil", label="Source", interactive=False)
         chosen_target = gr.Image(type="pil", label="Target", interactive=False)
+        chosen_difference = gr.Image(type="pil", label="Difference (where and how much)",
+                                     interactive=False)
         with gr.Column():
             chosen_text = gr.Textbox(label="Instruction of the selected pair", lines=4, elem_id="ds-edit-text")
-            save = gr.Button("Save instruction", elem_id="ds-save")
+            with gr.Row():
+                save = gr.Button("Save instruction", elem_id="ds-save")
+                undo = gr.Button("Undo last instruction change", elem_id="ds-undo")
             with gr.Row():
                 to_validation = gr.Button("Mark as validation", elem_id="ds-mark-validation")
                 to_train = gr.Button("Mark as training")
@@ -174,6 +193,8 @@ def build(store: Store, project: gr.Dropdown, model: str | None = None) -> None:
             preview_rewrite = gr.Button("Preview")
             apply_rewrite = gr.Button("Apply", variant="primary", elem_id="ds-rewrite")
         rewrite_result = gr.Markdown(elem_id="ds-rewrite-result")
+    writer_model = str(editor.info.path) if editor is not None else model or os.environ.get(MODEL_ENV)
+    instruction_review.build(store, project, search, writer_model or "demo", _writer_engine(editor))
 
     # -- export -------------------------------------------------------------
     with gr.Accordion("Export", open=False):
@@ -227,18 +248,20 @@ def build(store: Store, project: gr.Dropdown, model: str | None = None) -> None:
         try:
             pair_id = int(evt.row_value[0])  # the table's first column is the pair id
         except (TypeError, ValueError, IndexError):
-            return None, None, None, "", ""
+            return None, None, None, None, "", ""
         if not name:
-            return None, None, None, "", ""
+            return None, None, None, None, "", ""
         pair = pairs.get(name, pair_id)
         if pair is None:
-            return None, None, None, "", "That pair no longer exists."
+            return None, None, None, None, "", "That pair no longer exists."
         info = (f"**{pair['sample_id']}** (#{pair['id']}) · {pair['split']} · {pair['status']} · "
                 f"source {pair['source_width']}×{pair['source_height']}, target "
                 f"{pair['target_width']}×{pair['target_height']}")
         info += "".join(f"\n- {i['level']}: {i['message']}" for i in pair["issues"])
-        return (pair["id"], Image.open(pairs.path(name, pair["source_path"])),
-                Image.open(pairs.path(name, pair["target_path"])), pair["instruction"], info)
+        source = Image.open(pairs.path(name, pair["source_path"])).convert("RGB")
+        target = Image.open(pairs.path(name, pair["target_path"])).convert("RGB")
+        return (pair["id"], source, target, difference_view(source, target), pair["instruction"],
+                info)
 
     def selected_or_fail(name, pair_id):
         name = need(name)
@@ -251,6 +274,12 @@ def build(store: Store, project: gr.Dropdown, model: str | None = None) -> None:
         pair = set_instruction(store, name, pair_id, text or "")
         return f"Saved. Status: {pair['status']}.", *show_page(name, text_search, number)
 
+    def on_undo(name, pair_id, text_search, number):
+        name = selected_or_fail(name, pair_id)
+        message = instruction_review.undo(store, name, pair_id)
+        return (message, pairs.require(name, pair_id)["instruction"],
+                *show_page(name, text_search, number))
+
     def on_split(split):
         def handler(name, pair_id, text_search, number):
             name = selected_or_fail(name, pair_id)
@@ -262,7 +291,7 @@ def build(store: Store, project: gr.Dropdown, model: str | None = None) -> None:
         name = selected_or_fail(name, pair_id)
         encode_cache.forget(store, name, [pair_id])  # first: it keys the pair by its files
         pairs.delete(name, [pair_id])
-        return None, None, None, "", "Deleted.", *show_page(name, text_search, number)
+        return None, None, None, None, "", "Deleted.", *show_page(name, text_search, number)
 
     def on_hold_out(name, amount, text_search, number):
         name = need(name)
@@ -353,7 +382,10 @@ def build(store: Store, project: gr.Dropdown, model: str | None = None) -> None:
     project.change(show_page, browse_inputs, browse_outputs, api_name=False)
     refresh.click(show_page, browse_inputs, browse_outputs, api_name=False)
     table.select(on_select, [project],
-                 [selected, chosen_source, chosen_target, chosen_text, chosen_info], api_name=False)
+                 [selected, chosen_source, chosen_target, chosen_difference, chosen_text, chosen_info],
+                 api_name=False)
+    undo.click(on_undo, [project, selected, search, page], [chosen_info, chosen_text, *browse_outputs],
+               api_name="dataset_undo_instruction")
     save.click(on_save, [project, selected, chosen_text, search, page], [chosen_info, *browse_outputs],
                api_name="dataset_save_instruction")
     to_validation.click(on_split("validation"), [project, selected, search, page],
@@ -361,8 +393,8 @@ def build(store: Store, project: gr.Dropdown, model: str | None = None) -> None:
     to_train.click(on_split("train"), [project, selected, search, page],
                    [chosen_info, *browse_outputs], api_name=False)
     delete.click(on_delete, [project, selected, search, page],
-                 [selected, chosen_source, chosen_target, chosen_text, chosen_info, *browse_outputs],
-                 api_name=False)
+                 [selected, chosen_source, chosen_target, chosen_difference, chosen_text, chosen_info,
+                  *browse_outputs], api_name=False)
     hold_button.click(on_hold_out, [project, held_out, search, page], [chosen_info, *browse_outputs],
                       api_name="dataset_hold_out")
     rewrite_inputs = [project, prefix, suffix, find, replace, search, page]
