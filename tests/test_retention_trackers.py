@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from studio.trainer import retention, run_files, steplog
+from studio.trainer import retention, run_files, scoreboard, steplog
 from studio.trainer.args import check_args
 from studio.trainer.tracker_names import tracker_problem
 from tests.test_fault_injection import dataset, forks, trainer_argv  # noqa: F401 (fixtures)
@@ -61,6 +61,21 @@ def test_the_best_chooser_is_replaceable_and_validation_free_runs_keep_the_last(
         run_files.lora_path(bare, step).write_text("x")
     assert retention.best_step(bare, [1, 2, 3]) is None
     assert retention.prune(bare, 2) == [1]
+
+
+def test_retention_can_keep_the_best_by_a_scoreboard_metric(tmp_path):
+    """--keep_best_by ssim: the checkpoint whose sample edits scored the highest mean SSIM
+    stays, though another has the lowest validation loss; unscored steps are never best."""
+    out = fake_run(tmp_path / "run", {2: 0.9, 4: 0.1, 6: 0.8, 8: 0.7, 10: 0.6})
+    for step, ssims in {2: [0.5, 0.7], 4: [0.2, 0.3], 6: [0.9, 0.8], 8: [0.1, 0.1]}.items():
+        steplog.write(out / scoreboard.FILE, {"step": step, "pairs": [
+            {"sample_id": str(i), "ssim": v} for i, v in enumerate(ssims)]})
+    assert retention.prune(out, 1, retention.best_by("ssim")) == [2, 4, 8]
+    assert sorted(run_files.checkpoint_steps(out)) == [6, 10]
+    # pixel_shift: closer to 0 is better; no step has it, so only the last stays.
+    again = fake_run(tmp_path / "again", {2: 0.3, 4: 0.2})
+    assert retention.best_by("pixel_shift")(again, [2, 4]) is None
+    assert retention.best_by()(again, [2, 4]) == 4  # the validation loss
 
 
 def test_a_tracker_whose_library_is_missing_is_refused_before_the_run(monkeypatch):

@@ -16,6 +16,7 @@ from .project import open_store
 OPTION_FLAGS = {
     "--max-steps": ("max_steps", int), "--save-steps": ("save_steps", int),
     "--checkpoints": ("num_checkpoints", int), "--keep-checkpoints": ("keep_checkpoints", int),
+    "--keep-best-by": ("keep_best_by", str),
     "--report-to": ("report_to", str),
     "--num-epochs": ("num_epochs", int), "--lora-rank": ("lora_rank", int),
     "--lora-alpha": ("lora_alpha", float), "--learning-rate": ("learning_rate", float),
@@ -40,8 +41,10 @@ OPTION_FLAGS = {
 SWITCHES = {"--fp8-base": "fp8_base", "--text-encoder-offload": "text_encoder_offload",
             "--fp8-text-encoder": "fp8_text_encoder", "--ignore-memory-plan": "ignore_memory_plan"}
 HELP = {"--checkpoints": "without --save-steps: checkpoints spread over the run (default 10)",
-        "--keep-checkpoints": "keep the last N checkpoints plus the best by validation loss "
+        "--keep-checkpoints": "keep the last N checkpoints plus the best by --keep-best-by "
                               "(default: all)",
+        "--keep-best-by": "val_loss (default) or a scoreboard metric: psnr, ssim, "
+                          "preserved_error, preserved_share, edit_strength, pixel_shift, zoom",
         "--report-to": "none, tensorboard, wandb, mlflow or trackio (each needs its library)",
         "--sample-steps": "sample edits of the validation pairs every N steps "
                           "(default: at each checkpoint; 0: never)",

@@ -23,7 +23,8 @@ class TrainOptions:
     # Without save_steps: this many checkpoints spread over the run (the trainer alone would
     # save at every epoch's end: 100 files for 10 pairs and 1,000 steps). None: epoch ends.
     num_checkpoints: int | None = 10
-    keep_checkpoints: int | None = None  # the last N + the best by validation loss; None: all
+    keep_checkpoints: int | None = None  # the last N + the best by keep_best_by; None: all
+    keep_best_by: str = "val_loss"  # or a scoreboard metric (studio/trainer/scoreboard.py)
     report_to: str = "none"         # none | tensorboard | wandb | mlflow | trackio
     lora_rank: int = 32
     lora_alpha: float | None = None
@@ -164,7 +165,7 @@ def trainer_args(opts: TrainOptions, dataset_dir: Path, output_dir: Path, resume
     elif opts.num_checkpoints:
         args += ["--num_checkpoints", str(opts.num_checkpoints)]
     if opts.keep_checkpoints:
-        args += ["--keep_checkpoints", str(opts.keep_checkpoints)]
+        args += ["--keep_checkpoints", str(opts.keep_checkpoints), "--keep_best_by", opts.keep_best_by]
     if opts.report_to != "none":
         args += ["--report_to", opts.report_to]
     if opts.lora_alpha:

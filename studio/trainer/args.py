@@ -11,6 +11,8 @@ from pathlib import Path
 from studio.engine.lora_targets import DEFAULT_TARGETS  # noqa: F401 - the flag's default, re-exported
 from studio.engine.savers import QUANTIZE_CHOICES
 
+from . import scoreboard
+
 from .tracker_names import TRACKERS, tracker_problem
 
 
@@ -81,6 +83,9 @@ def build_parser(cls: type[argparse.ArgumentParser] = argparse.ArgumentParser):
                    help="keep the last N step LoRAs plus the best by validation loss, deleting "
                         "the others as the run goes (default: keep all; final.safetensors and "
                         "the resume state are never deleted)")
+    p.add_argument("--keep_best_by", default=scoreboard.VAL_LOSS, choices=scoreboard.CHOICES,
+                   help="what 'best' means for --keep_checkpoints: the validation loss, or a "
+                        "scoreboard metric of the sample edits (e.g. ssim, pixel_shift)")
     p.add_argument("--report_to", default="none", choices=TRACKERS,
                    help="also log to this experiment tracker (rank 0, through accelerate): "
                         "tensorboard writes into <output_path>/tensorboard; wandb runs offline "

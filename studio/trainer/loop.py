@@ -291,7 +291,8 @@ def _start_tracker(args, output: Path) -> trackers.Tracker:
 
 def _retain(args, output: Path) -> None:
     """--keep_checkpoints: delete the step LoRA files it does not keep (rank 0)."""
-    if dist.is_main() and (removed := retention.prune(output, args.keep_checkpoints)):
+    if dist.is_main() and (removed := retention.prune(output, args.keep_checkpoints,
+                                                        retention.best_by(args.keep_best_by))):
         log.info("retention: deleted the LoRA files of step(s) %s", ", ".join(map(str, removed)))
 
 
@@ -444,7 +445,8 @@ def train(args) -> int:
              "accumulation), lr %g", total, len(pairs), args.dataset_repeat, order.global_batch,
              world, gas, args.learning_rate)
     log.info("checkpoints: %s%s", f"every {every} steps" if every else "at each epoch's end",
-             f", keeping the last {args.keep_checkpoints} and the best by validation loss"
+             f", keeping the last {args.keep_checkpoints} and the best by "
+             f"{scoreboard.LABELS[args.keep_best_by].lower()}"
              if args.keep_checkpoints else "")
     started = time.perf_counter()
     for step in range(start, total):

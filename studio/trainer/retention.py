@@ -3,7 +3,7 @@ the rest deleted as the run goes. The default (None) keeps every file.
 
 Never deleted: final.safetensors, the resume states under states/ (checkpoint.py keeps those)
 and the LoRA file of the current resume state's step. "Best" is a small chooser, `best_step`,
-so another metric can replace the validation loss without touching the rest. The best so far
+`best_by(metric)` ranks by a scoreboard metric instead (--keep_best_by). The best so far
 is always kept, so the best of the whole run survives to its end.
 """
 from __future__ import annotations
@@ -12,17 +12,23 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from . import run_files, validation
+from . import run_files, scoreboard
 
 # (output folder, steps that have a LoRA file) -> the step to keep as best, or None.
 Chooser = Callable[[Path, list[int]], "int | None"]
 
 
-def best_step(output: Path, steps: list[int]) -> int | None:
-    """The checkpoint with the lowest validation loss (None without validation rows)."""
-    losses = {r["step"]: r["val_loss"] for r in validation.read(output)
-              if r.get("step") in steps and math.isfinite(r.get("val_loss", math.nan))}
-    return min(losses, key=lambda s: (losses[s], -s)) if losses else None
+def best_by(metric: str = scoreboard.VAL_LOSS) -> Chooser:
+    """The chooser that keeps the best checkpoint by a scoreboard metric (or the validation
+    loss); a checkpoint not scored yet cannot be best, and it stays anyway while it is recent."""
+    def choose(output: Path, steps: list[int]) -> int | None:
+        rows = [r for r in scoreboard.table(output) if r["step"] in steps]
+        return scoreboard.best([r for r in rows if r[metric] is None or math.isfinite(r[metric])],
+                               metric)
+    return choose
+
+
+best_step = best_by()  # the validation loss
 
 
 def kept(output: Path, keep_last: int, choose: Chooser = best_step) -> set[int]:

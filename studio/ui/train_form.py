@@ -6,6 +6,7 @@ import gradio as gr
 
 from ..engine.savers import QUANTIZE_CHOICES
 from ..trainer.args import LR_SCHEDULERS
+from ..trainer.scoreboard import CHOICES, LABELS
 from ..trainer.tracker_names import TRACKERS
 from ..jobs.launch import TRAIN_PRESETS, TrainOptions
 
@@ -21,8 +22,11 @@ TRAINER_FIELDS = [
                                                  "saves spread over the run (default 10); "
                                                  "0 = at each epoch's end")),
     ("keep_checkpoints", lambda v: gr.Number(v, label="Keep last N checkpoints", precision=0,
-                                             info="plus the best by validation loss; older ones "
+                                             info="plus the best (below); older ones "
                                                   "are deleted as the run goes. 0 = keep all")),
+    ("keep_best_by", lambda v: gr.Dropdown([(LABELS[m], m) for m in CHOICES], value=v,
+                                           label="Best checkpoint by",
+                                           info="validation loss, or a scoreboard metric")),
     ("report_to", lambda v: gr.Dropdown(list(TRACKERS), value=v, label="Experiment tracker",
                                         info="tensorboard: event files in the run folder; "
                                              "wandb offline without a key; each needs its "
