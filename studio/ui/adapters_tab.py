@@ -15,13 +15,6 @@ from . import common
 ERRORS = (ValueError, KeyError, FileNotFoundError)
 
 
-def _numbers(text: str) -> list[float]:
-    try:
-        return [float(v) for v in (text or "").replace(" ", "").split(",") if v]
-    except ValueError:
-        raise gr.Error(f"Expected comma-separated strengths, got {text!r}.")
-
-
 def _run(fn, *args, **kwargs) -> str:
     try:
         return fn(*args, **kwargs).summary
@@ -34,7 +27,7 @@ def on_merge(store: Store, model: str, project: str, chosen: list[str], strength
     chosen = list(chosen or [])
     if len(chosen) < 2:
         raise gr.Error("Pick at least two adapters to merge.")
-    values = _numbers(strengths) or [1.0]
+    values = common.numbers(strengths) or [1.0]
     if len(values) == 1:
         values = values * len(chosen)
     if len(values) != len(chosen):

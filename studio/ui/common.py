@@ -99,3 +99,10 @@ def edit_details(store: Store, project: str | None, index: int) -> str:
     row = rows[index]
     params = json.loads(row["params"] or "{}")
     return f"```json\n{json.dumps({'id': row['id'], 'created_at': row['created_at'], 'seconds': row['seconds'], **params}, indent=2)}\n```"
+
+
+def numbers(text: str, kind=float) -> list:
+    try:
+        return [kind(v) for v in (text or "").replace(" ", "").split(",") if v]
+    except ValueError:
+        raise gr.Error(f"Expected comma-separated numbers, got {text!r}.")

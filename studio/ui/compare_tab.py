@@ -13,13 +13,6 @@ from ..store import Store
 from . import common
 
 
-def numbers(text: str, kind=float) -> list:
-    try:
-        return [kind(v) for v in (text or "").replace(" ", "").split(",") if v]
-    except ValueError:
-        raise gr.Error(f"Expected comma-separated numbers, got {text!r}.")
-
-
 def build(store: Store, editor: Editor, project: gr.Dropdown):
     defaults = editor.defaults
     with gr.Row():
@@ -63,8 +56,8 @@ def build(store: Store, editor: Editor, project: gr.Dropdown):
         choices = [None if c == BASE else common.to_adapter(store, c) for c in chosen or []]
         under = common.to_adapter(store, stack)
         try:
-            columns = plan_columns(choices, numbers(strengths), [under] if under else [])
-            result = compare(editor, [input_image], prompt, columns, numbers(seeds, int) or [0],
+            columns = plan_columns(choices, common.numbers(strengths), [under] if under else [])
+            result = compare(editor, [input_image], prompt, columns, common.numbers(seeds, int) or [0],
                              negative or "", steps=int(steps), true_cfg_scale=float(cfg),
                              size=common.output_size(width, height),
                              target=target_image,
