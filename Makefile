@@ -12,6 +12,11 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 HOST ?= 127.0.0.1
 PORT ?= 7860
 
+# Test files run in parallel, one file per worker (module fixtures such as a trained run stay
+# shared within their file); up to 4 workers, one per core.
+WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+PYTEST := $(PY) -m pytest -q -n $(WORKERS) --dist loadfile
+
 # The browser tests drive Debian's Chromium (Playwright's own browser download fails offline).
 CHROMIUM ?= /usr/bin/chromium
 
@@ -35,10 +40,10 @@ run: setup
 	$(PY) app.py --host $(HOST) --port $(PORT)
 
 test: setup browser
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: setup
 	@for script in $(filter-out bench/gpu_check.py,$(wildcard bench/*.py)); do \
