@@ -28,7 +28,7 @@ def as_array(image: Image.Image | str | Path, size: tuple[int, int] | None = Non
     image = _open(image)
     if size and image.size != tuple(size):
         image = image.resize(tuple(size), Image.Resampling.BICUBIC)
-    return np.asarray(image, dtype=np.float64) / 255.0
+    return np.asarray(image, dtype=np.float32) / 255.0
 
 
 def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
