@@ -47,7 +47,7 @@ def full(demo_editor, adapter):
 
 def test_offloaded_blocks_and_text_encoder_give_the_same_pixels_adapter_included(
         demo_model, full, adapter):
-    editor = Editor(demo_model, device="cpu", offload_blocks=1, text_encoder_offload=True)
+    editor = Editor(demo_model, device="cpu", savers=Savers(offload_blocks=1, text_encoder_offload=True))
     assert editor.savers == Savers(offload_blocks=1, text_encoder_offload=True)
     base = pixels(editor)
     transformer = editor.pipeline.transformer
@@ -68,7 +68,7 @@ def test_offloaded_blocks_and_text_encoder_give_the_same_pixels_adapter_included
 
 def test_fp8_base_stays_close_to_full_precision_adapter_included(demo_model, demo_editor, full,
                                                                  adapter):
-    editor = Editor(demo_model, device="cpu", fp8_base=True)
+    editor = Editor(demo_model, device="cpu", savers=Savers(fp8_base=True))
     # fp8 touches the transformer only: the prompt and image encodings of the full-precision
     # editor are this one's too (saves the test encoding the 1 MP condition image again).
     editor.encoding_memo = demo_editor.encoding_memo
@@ -100,7 +100,8 @@ def test_fp8_base_stays_close_to_full_precision_adapter_included(demo_model, dem
 ])
 def test_impossible_combinations_are_refused_at_construction(demo_model, savers, reason):
     with pytest.raises(ValueError, match=reason):
-        Editor(demo_model, device="cpu", **savers)
+        context = {k: savers.pop(k) for k in ("cpu_offload", "dtype") if k in savers}
+        Editor(demo_model, device="cpu", savers=Savers(**savers), **context)
 
 
 def test_cli_flags_reach_the_editor(demo_model, tmp_path, capsys):

@@ -11,7 +11,7 @@ from ..engine.batch import BatchItem, edit_batch, folder_items
 from ..engine.edit_metrics import metrics_line
 from ..engine.editor import Editor
 from ..engine.models import resolve_model
-from ..engine.savers import QUANTIZE_CHOICES
+from ..engine import savers
 from ..paths import projects_dir
 from .project import open_store
 
@@ -52,29 +52,7 @@ def add_model_options(p) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, npu, mps")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on accelerators, fp32 on CPU), bf16, fp16, fp32")
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles to save memory")
-    add_saver_options(p)
-
-
-def add_saver_options(p) -> None:
-    """The memory savers, named as the trainer's (studio/engine/savers.py); app.py takes the
-    same flags."""
-    p.add_argument("--cpu-offload", action="store_true",
-                   help="keep each whole component (text encoder, transformer, VAE) on the CPU "
-                        "until it runs: the device holds one at a time; each edit pays moving "
-                        "them (not with --offload-blocks/--text-encoder-offload)")
-    p.add_argument("--fp8-base", action="store_true",
-                   help="store the transformer in fp8, compute in the --dtype: about half its "
-                        "weight memory; each layer pays a cast, pixels change slightly")
-    p.add_argument("--quantize-base", default="none", choices=QUANTIZE_CHOICES,
-                   help="int8: the transformer quantized by torchao (about half the bf16 weight "
-                        "memory; needs --dtype bf16 and torchao; slower, pixels change slightly)")
-    p.add_argument("--offload-blocks", type=int, default=0, metavar="N",
-                   help="keep the first N transformer blocks in host memory, each layer coming "
-                        "onto the device just before use: saves their weights (about 0.7 GB a "
-                        "block in bf16 on the real model), each step pays the transfers")
-    p.add_argument("--text-encoder-offload", action="store_true",
-                   help="keep the text encoder's layers in host memory, each brought on for its "
-                        "forward: saves about 16 GB on the device; encoding an instruction is slower")
+    savers.add_flags(p)
 
 
 def register(sub) -> None:
@@ -114,14 +92,7 @@ def register(sub) -> None:
 def make_editor(args) -> Editor:
     model = resolve_model(args.model, projects_dir(args.projects_dir))
     return Editor(model, device=args.device, dtype=args.dtype, vae_tiling=args.vae_tiling,
-                  **saver_options(args))
-
-
-def saver_options(args) -> dict:
-    """The Editor's memory-saver arguments from the flags of add_saver_options."""
-    return dict(cpu_offload=args.cpu_offload, fp8_base=args.fp8_base,
-                quantize_base=args.quantize_base, offload_blocks=args.offload_blocks,
-                text_encoder_offload=args.text_encoder_offload)
+                  cpu_offload=args.cpu_offload, savers=savers.Savers.of(args))
 
 
 def run(args) -> int:

@@ -77,14 +77,11 @@ def remove_group_offloading(module) -> None:
 class Editor:
     def __init__(self, model_path: str | Path, device: str | None = None, dtype: str | None = None,
                  cpu_offload: bool = False, vae_tiling: bool = False, max_adapters: int = 8,
-                 compile: bool | str = False, fp8_base: bool = False, quantize_base: str = "none",
-                 offload_blocks: int = 0, text_encoder_offload: bool = False):
+                 compile: bool | str = False, savers: Savers = Savers()):
         self.info: ModelInfo = inspect_model_folder(model_path)
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
-        self.savers = Savers(fp8_base=bool(fp8_base), quantize_base=quantize_base,
-                             offload_blocks=int(offload_blocks),
-                             text_encoder_offload=bool(text_encoder_offload))
+        self.savers = savers
         # Checked now, like `compile`: an impossible combination fails at start, not at load.
         blocks = block_count(self.info.path / "transformer") if self.savers.offload_blocks else None
         check(self.savers, device=self.device, num_blocks=blocks, training=False, dtype=self.dtype,

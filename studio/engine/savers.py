@@ -47,6 +47,44 @@ class Savers:
         return ", ".join(parts) or "no memory savers"
 
 
+# One help text per saver, for the trainer, `studio train`, `studio edit`/`compare` and app.py.
+HELP = {
+    "fp8_base": "store the frozen transformer in fp8, compute in bf16 (or the edit's --dtype): "
+                "about half its weight memory; each layer pays a cast, pixels change slightly",
+    "quantize_base": "int8: the frozen transformer quantized by torchao, QLoRA-style (about half "
+                     "the bf16 weight memory; needs bf16 and the [quant] extra; slower)",
+    "offload_blocks": "keep the first N transformer blocks in host memory, each layer coming onto "
+                      "the device just before use (about 0.7 GB a block in bf16 on the real "
+                      "model; each step pays the transfers; training needs gradient checkpointing)",
+    "text_encoder_offload": "keep the text encoder's layers in host memory, each brought on for "
+                            "its forward: about 16 GB less on the device; encoding is slower",
+    "fp8_text_encoder": "store the text encoder in fp8 (its encodings change slightly, so they "
+                        "are cached apart)",
+}
+CPU_OFFLOAD_HELP = ("edits: keep each whole component (text encoder, transformer, VAE) on the CPU "
+                    "until it runs: the device holds one at a time; each edit pays moving them "
+                    "(not with --offload-blocks/--text-encoder-offload)")
+
+
+def saver_help(name: str) -> str:
+    return HELP[name]
+
+
+def add_flags(parser) -> None:
+    """The savers as an editor's flags (studio edit, edit-batch, compare, app.py), kebab-case;
+    `Savers.of(args)` reads them back, and `args.cpu_offload` is diffusers' model offload."""
+    parser.add_argument("--cpu-offload", action="store_true", help=CPU_OFFLOAD_HELP)
+    for name, default in asdict(Savers()).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=HELP[name])
+        elif name == "quantize_base":
+            parser.add_argument(flag, default=default, choices=QUANTIZE_CHOICES, help=HELP[name])
+        else:
+            parser.add_argument(flag, type=type(default), default=default, metavar="N",
+                                help=HELP[name])
+
+
 def problems(savers: Savers, *, device: str, num_blocks: int | None = None, training: bool,
              gradient_checkpointing: bool = True, mode: str = "single",
              dtype: torch.dtype | None = None, model_cpu_offload: bool = False) -> list[str]:

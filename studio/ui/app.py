@@ -9,7 +9,7 @@ import gradio as gr
 
 from ..engine.editor import Editor
 from ..engine.models import resolve_model
-from ..engine.savers import QUANTIZE_CHOICES
+from ..engine import savers
 from ..paths import projects_dir
 from ..store import Store
 from ..jobs.manager import JobManager
@@ -87,17 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--vae-tiling", action="store_true")
-    # The editor's memory savers, as `studio edit` names and explains them (studio/cli/edit.py).
-    p.add_argument("--cpu-offload", action="store_true",
-                   help="whole components wait on the CPU until they run (slower edits)")
-    p.add_argument("--fp8-base", action="store_true",
-                   help="transformer stored in fp8: about half its memory, a cast per layer")
-    p.add_argument("--quantize-base", default="none", choices=QUANTIZE_CHOICES,
-                   help="int8: transformer quantized by torchao (needs --dtype bf16)")
-    p.add_argument("--offload-blocks", type=int, default=0, metavar="N",
-                   help="first N transformer blocks in host memory, brought on layer by layer")
-    p.add_argument("--text-encoder-offload", action="store_true",
-                   help="text encoder's layers in host memory, brought on layer by layer")
+    savers.add_flags(p)  # the editor's memory savers, as `studio edit` takes them
     p.add_argument("--max-upload", default="50mb", help="largest accepted upload")
     return p.parse_args(argv)
 
@@ -112,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         store.create_project("default")
     editor = Editor(resolve_model(args.model, root), device=args.device, dtype=args.dtype,
                     vae_tiling=args.vae_tiling, cpu_offload=args.cpu_offload,
-                    fp8_base=args.fp8_base, quantize_base=args.quantize_base,
-                    offload_blocks=args.offload_blocks,
-                    text_encoder_offload=args.text_encoder_offload)
+                    savers=savers.Savers.of(args))
     # Load the pipeline while the page is served, so the first edit does not wait for it.
     threading.Thread(target=lambda: editor.pipeline, daemon=True, name="load-model").start()
     # A run on the editor's accelerator needs its memory: the editor lets go of its pipeline.
