@@ -273,7 +273,7 @@ def run_inference(model, a, device, dtype, flops_step, peak, report) -> None:
 # -- training ------------------------------------------------------------------------------
 def run_training(model, a, device, dtype, peak, report) -> None:
     from studio.engine.speed import compile_transformer
-    from studio.trainer.args import DEFAULT_TARGETS
+    from studio.engine.lora_targets import DEFAULT_TARGETS
     from studio.trainer.lora_io import add_lora, lora_parameters
     from studio.trainer.objective import sample_loss
     from studio.trainer.schedule import TrainingSchedule
@@ -345,11 +345,11 @@ SMALL_CARD_GOAL = 0.10  # samples/s
 
 def card_presets() -> list[tuple[str, int, object]]:
     """(name, card GB, TrainOptions) of each card preset for CUDA, smallest card first."""
-    from studio.jobs.launch import PRESET_CARD_GB, TRAIN_PRESETS, TrainOptions
+    from studio.jobs.presets import PRESET_CARD_GB, preset_options
 
     out = []
     for name, card in sorted(PRESET_CARD_GB.items(), key=lambda item: item[1]):
-        opts = TrainOptions.from_dict({**TrainOptions().as_dict(), **TRAIN_PRESETS[name]})
+        opts = preset_options(name)
         if opts.device == "cuda":
             out.append((name, card, opts))
     return out
@@ -449,7 +449,7 @@ def measure_preset(row: dict, config: dict, master: dict, s, text_tokens: int, a
     from diffusers import QwenImageTransformer2DModel
 
     from studio.engine.loading import place
-    from studio.trainer.args import DEFAULT_TARGETS
+    from studio.engine.lora_targets import DEFAULT_TARGETS
     from studio.trainer.objective import loss_at
     from studio.trainer.schedule import TrainingSchedule
 

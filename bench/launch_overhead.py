@@ -44,7 +44,8 @@ from launch_pairs import POOL, bulk_project, import_project  # noqa: E402
 from studio.dataset.export import export_dataset  # noqa: E402
 from studio.dataset.validate import check_for_launch  # noqa: E402
 from studio.jobs import run_folder  # noqa: E402
-from studio.jobs.launch import TRAIN_PRESETS, TrainOptions  # noqa: E402
+from studio.jobs.launch import TrainOptions  # noqa: E402
+from studio.jobs.presets import TRAIN_PRESETS  # noqa: E402
 from studio.jobs.manager import JobManager  # noqa: E402
 from studio.store import Store  # noqa: E402
 from studio.trainer import run_files  # noqa: E402

@@ -83,16 +83,16 @@ def test_edit_with_an_adapter_and_compare_base_with_it(app_url, demo_model, tmp_
 
 def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model, capsys):
     from studio.dataset.synthetic_pairs import add_synthetic_pairs
-    from studio.ui.train_form import FIELDS, preset_values
+    from studio.ui.train_form import NAMES, preset_values
 
     url, projects = app_url
     store = Store(projects)
     store.create_project("trainee")
     add_synthetic_pairs(store, "trainee", 4)
-    values = dict(zip([name for name, _ in FIELDS], preset_values("Demo on CPU")))
+    values = dict(zip(NAMES, preset_values("Demo on CPU")))
     assert values["sample_steps"] is None  # empty field: sample at each checkpoint
     values.update(max_steps=4, save_steps=2, sample_inference_steps=3)
-    form = [values[name] for name, _ in FIELDS]
+    form = [values[name] for name in NAMES]
     client = Client(url, verbose=False)
     preview = client.predict("trainee", str(demo_model), "", *form, api_name="/train_preview")
     assert "accelerate.commands.launch" in preview and "--max_steps 4" in preview
@@ -166,11 +166,11 @@ def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model, capsy
     # Its settings come back into the form, e.g. to start a variant of it.
     preset, model, env_text, *form_back = client.predict(run_id, api_name="/train_reuse")
     assert (preset, model) == ("Custom", str(demo_model))
-    assert dict(zip([n for n, _ in FIELDS], form_back))["max_steps"] == 4
+    assert dict(zip(NAMES, form_back))["max_steps"] == 4
 
     # The next run can start from one of them, picked by id as the dropdown gives it.
     last = max(store.list_adapters("trainee"), key=lambda a: a["step"])
     values["lora_checkpoint"] = str(last["id"])
-    preview = client.predict("trainee", str(demo_model), "", *[values[n] for n, _ in FIELDS],
+    preview = client.predict("trainee", str(demo_model), "", *[values[n] for n in NAMES],
                              api_name="/train_preview")
     assert f"--lora_checkpoint {last['path']}" in preview

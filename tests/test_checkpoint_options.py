@@ -7,16 +7,17 @@ import importlib.util
 
 import pytest
 
-from studio.jobs.launch import TRAIN_PRESETS, TrainOptions, trainer_args
+from studio.jobs.launch import TrainOptions, trainer_args
+from studio.jobs.presets import TRAIN_PRESETS
 from studio.trainer import run_files
 from studio.trainer.args import check_args
 from studio.ui.common import adapter_choices
-from studio.ui.train_form import FIELDS, form_values, options_from, preset_values
+from studio.ui.train_form import NAMES, form_values, options_from, preset_values
 
 
 def test_the_train_tab_spreads_ten_checkpoints_over_a_run_without_save_steps():
     values = preset_values("Demo on CPU")
-    names = [name for name, _ in FIELDS]
+    names = NAMES
     assert values[names.index("num_checkpoints")] == 10
     values[names.index("save_steps")] = 0  # "0 = use 'Checkpoints per run'"
     opts = options_from("demo", "", values)
@@ -38,7 +39,7 @@ def test_a_run_stored_before_the_cadence_option_keeps_its_epoch_end_saves():
     opts = TrainOptions.from_dict(stored)
     assert opts.num_checkpoints is None and "--num_checkpoints" not in trainer_args(
         opts, "d", "o", resume=True)
-    assert form_values(TrainOptions().as_dict())[[n for n, _ in FIELDS].index("keep_checkpoints")] == 0
+    assert form_values(TrainOptions().as_dict())[NAMES.index("keep_checkpoints")] == 0
 
 
 def test_a_tracker_without_its_library_is_refused_at_submit_and_queues_nothing(jobs, monkeypatch):

@@ -20,10 +20,11 @@ from safetensors.torch import load_file
 
 from studio.dataset.synthetic_pairs import add_synthetic_pairs
 from studio.engine import lora_tools
-from studio.jobs.launch import TRAIN_PRESETS, TrainOptions
+from studio.jobs.launch import TrainOptions
+from studio.jobs.presets import TRAIN_PRESETS
 from studio.recipe.export import LORA_COPY, export_recipe
 from studio.store import Store
-from studio.trainer.args import DEFAULT_TARGETS
+from studio.engine.lora_targets import DEFAULT_TARGETS
 from tests.lora_files import random_lora, save_lora
 
 RANK = 4

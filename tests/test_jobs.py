@@ -18,7 +18,8 @@ from studio.trainer import run_files
 from studio.jobs.manager import JobManager
 from studio.jobs.run_folder import EXIT
 from studio.jobs.run_folder import LOG as RUN_LOG
-from studio.jobs.launch import TRAIN_PRESETS, TrainOptions
+from studio.jobs.launch import TrainOptions
+from studio.jobs.presets import TRAIN_PRESETS
 from studio.jobs.multinode import REPO
 
 pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast

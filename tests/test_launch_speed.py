@@ -15,7 +15,8 @@ from studio.dataset.instructions import set_instruction
 from studio.dataset.report import ImportReport
 from studio.dataset.sources import Candidate, bytes_ref
 from studio.dataset.validate import check_for_launch, validate_project
-from studio.jobs.launch import TRAIN_PRESETS, TrainOptions
+from studio.jobs.launch import TrainOptions
+from studio.jobs.presets import TRAIN_PRESETS
 from studio.jobs.manager import JobManager
 from studio.store import Store
 

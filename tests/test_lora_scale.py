@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from studio.trainer.args import DEFAULT_TARGETS
+from studio.engine.lora_targets import DEFAULT_TARGETS
 from studio.trainer.lora_io import add_lora, load_into, lora_parameters, save_lora
 
 RANK = 4

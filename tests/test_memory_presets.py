@@ -11,7 +11,8 @@ from studio.engine.memory.shapes import shapes_folder
 from studio.engine.memory.verdict import train_verdict
 from studio.engine.savers import Savers
 from studio.jobs import memory
-from studio.jobs.launch import PRESET_CARD_GB, TRAIN_PRESETS, TrainOptions
+from studio.jobs.launch import TrainOptions
+from studio.jobs.presets import PRESET_CARD_GB, TRAIN_PRESETS
 
 SEED_PIXELS = 262144  # MindSpeed-MM's max_pixels: 512x512 targets, with 1 MP edit images
 

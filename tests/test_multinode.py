@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from studio.jobs.launch import TRAIN_PRESETS, TrainOptions
+from studio.jobs.launch import TrainOptions
+from studio.jobs.presets import TRAIN_PRESETS
 from studio.jobs.multinode import sbatch_script
 
 pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast

@@ -249,7 +249,8 @@ def test_attach_sample_source_and_the_trainer_flags_from_the_cli(shards, tmp_pat
 def test_a_project_with_only_an_attached_source_trains_through_the_job_manager(
         demo_model, shards, tmp_path):
     from studio.cli import main
-    from studio.jobs.launch import TRAIN_PRESETS, TrainOptions
+    from studio.jobs.launch import TrainOptions
+    from studio.jobs.presets import TRAIN_PRESETS
     from studio.jobs.manager import JobManager
     from studio.store import Store
 

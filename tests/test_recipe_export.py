@@ -17,7 +17,8 @@ from studio.engine.model_folder import ModelFolderError
 from studio.engine.npu.env import SEED_ENV
 from studio.store import Store
 from studio.recipe.external_log import follow_log, parse_log
-from studio.jobs.launch import TRAIN_PRESETS, TrainOptions
+from studio.jobs.launch import TrainOptions
+from studio.jobs.presets import TRAIN_PRESETS
 from studio.recipe.export import export_recipe
 
 

@@ -5,7 +5,8 @@ import pytest
 import yaml
 
 from studio.trainer.accelerate_config import CONFIG_PRESETS, main, make_config
-from studio.trainer.args import DEFAULT_TARGETS, parse_args
+from studio.engine.lora_targets import DEFAULT_TARGETS
+from studio.trainer.args import parse_args
 
 
 def test_defaults_follow_the_reference_recipe():

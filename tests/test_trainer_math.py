@@ -97,7 +97,7 @@ def test_data_order_is_shared_by_processes_and_accumulation():
 def lora_transformer(demo_model):
     from diffusers import QwenImageTransformer2DModel
 
-    from studio.trainer.args import DEFAULT_TARGETS
+    from studio.engine.lora_targets import DEFAULT_TARGETS
     from studio.trainer.lora_io import add_lora
 
     t = QwenImageTransformer2DModel.from_pretrained(demo_model / "transformer")
@@ -154,7 +154,7 @@ def test_lora_checkpoint_reads_every_key_style(lora_transformer, tmp_path, style
 
     from diffusers import QwenImageTransformer2DModel
 
-    from studio.trainer.args import DEFAULT_TARGETS
+    from studio.engine.lora_targets import DEFAULT_TARGETS
     from studio.trainer.lora_io import add_lora
 
     fresh = QwenImageTransformer2DModel.from_pretrained(lora_transformer.config._name_or_path)
@@ -168,7 +168,7 @@ def test_lora_checkpoint_reads_every_key_style(lora_transformer, tmp_path, style
 def test_lora_checkpoint_with_wrong_rank_names_the_problem(lora_transformer, tmp_path):
     from diffusers import QwenImageTransformer2DModel
 
-    from studio.trainer.args import DEFAULT_TARGETS
+    from studio.engine.lora_targets import DEFAULT_TARGETS
     from studio.trainer.lora_io import LoraFormatError, add_lora, load_into, save_lora
 
     path = save_lora(tmp_path / "r4.safetensors", lora_transformer, rank=4, alpha=8.0)
@@ -180,7 +180,7 @@ def test_lora_checkpoint_with_wrong_rank_names_the_problem(lora_transformer, tmp
 
 @pytest.mark.parametrize("style", ["diffusers", "diffsynth", "comfyui"])
 def test_a_lora_to_start_from_is_checked_against_rank_and_targets(demo_model, tmp_path, style):
-    from studio.trainer.args import DEFAULT_TARGETS
+    from studio.engine.lora_targets import DEFAULT_TARGETS
     from studio.trainer.lora_io import LoraFormatError, check_compatible
     from tests.lora_files import random_lora, save_lora
 

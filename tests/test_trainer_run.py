@@ -152,7 +152,7 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(baseline, demo_mo
 def test_loss_falls_and_the_adapter_changes_the_output(demo_model, dataset, tmp_path):
     from diffusers import QwenImageEditPipeline, QwenImageTransformer2DModel
 
-    from studio.trainer.args import DEFAULT_TARGETS
+    from studio.engine.lora_targets import DEFAULT_TARGETS
     from studio.trainer.lora_io import add_lora, load_into
     from studio.trainer.objective import sample_loss
     from studio.trainer.schedule import TrainingSchedule

@@ -22,7 +22,7 @@ from ..engine.models import resolve_model
 from ..engine.savers import Savers
 from ..jobs import encode_cache
 from ..jobs.instruction_writing import InstructionJob, WriteRequest
-from ..jobs.launch import TRAIN_PRESETS
+from ..jobs.presets import TRAIN_PRESETS
 from .project import open_store
 from .train import options
 

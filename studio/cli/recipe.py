@@ -8,9 +8,8 @@ from ..engine.models import resolve_model
 from ..recipe.external_log import follow_log
 from ..recipe.export import export_recipe
 from .project import open_store
-from .train import OPTION_FLAGS, options as train_options
-
-RECIPE_PRESET = "Seed: 8 Ascend NPUs, ZeRO-2"
+from ..jobs.presets import RECIPE
+from .train import add_option_flags, options as train_options
 
 
 def register(sub) -> None:
@@ -18,13 +17,9 @@ def register(sub) -> None:
                                           "accelerate_config.yaml and the dataset for "
                                           "MindSpeed-MM / DiffSynth-Studio")
     p.add_argument("--project", required=True)
-    p.add_argument("--model", required=True, help="model folder (diffusers layout) or 'demo'")
     p.add_argument("--out", required=True, help="a new folder")
     p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
-    for flag, (field, kind) in OPTION_FLAGS.items():
-        p.add_argument(flag, dest=field, type=kind, default=None)
-    p.add_argument("--no-gradient-checkpointing", dest="use_gradient_checkpointing",
-                   action="store_false", default=None)
+    add_option_flags(p)
     p.set_defaults(handler=recipe_export)
 
     f = sub.add_parser("follow-log", help="progress of an external DiffSynth/MindSpeed run from its log")
@@ -36,8 +31,8 @@ def register(sub) -> None:
 def recipe_export(args) -> int:
     store = open_store(args)
     # Start from the reference recipe (8 Ascend NPUs, ZeRO-2); flags change single fields.
-    options = train_options(args, RECIPE_PRESET)
-    model = resolve_model(args.model, store.root)
+    options = train_options(args, RECIPE)
+    model = resolve_model(options.model, store.root)
     script = export_recipe(store, args.project, model, args.out, options, overwrite=args.force)
     print((script.parent / "README.txt").read_text(), end="")
     print(f"wrote {script}")

@@ -8,77 +8,39 @@ import time
 from tqdm import tqdm
 
 from ..jobs.manager import JobManager
-from ..jobs.launch import TRAIN_PRESETS, TrainOptions
+from ..jobs.launch import TrainOptions
+from ..jobs.presets import DEMO, TRAIN_PRESETS
 from ..trainer import scoreboard
+from ..trainer.options import studio_options
 from .project import open_store
 
-# CLI flag -> TrainOptions field, for the options passed straight through.
-OPTION_FLAGS = {
-    "--max-steps": ("max_steps", int), "--save-steps": ("save_steps", int),
-    "--checkpoints": ("num_checkpoints", int), "--keep-checkpoints": ("keep_checkpoints", int),
-    "--keep-best-by": ("keep_best_by", str),
-    "--report-to": ("report_to", str),
-    "--num-epochs": ("num_epochs", int), "--lora-rank": ("lora_rank", int),
-    "--lora-alpha": ("lora_alpha", float), "--learning-rate": ("learning_rate", float),
-    "--lr-scheduler": ("lr_scheduler", str), "--lr-warmup-steps": ("lr_warmup_steps", int),
-    "--weight-decay": ("weight_decay", float), "--max-grad-norm": ("max_grad_norm", float), "--max-pixels": ("max_pixels", int),
-    "--dataset-repeat": ("dataset_repeat", int), "--seed": ("seed", int),
-    "--gradient-accumulation-steps": ("gradient_accumulation_steps", int),
-    "--mixed-precision": ("mixed_precision", str), "--device": ("device", str),
-    "--mode": ("mode", str), "--devices-per-node": ("processes_per_node", int),
-    "--nodes": ("num_machines", int), "--node-rank": ("machine_rank", int),
-    "--main-ip": ("main_ip", str), "--main-port": ("main_port", int),
-    "--launcher": ("launcher", str), "--hosts": ("hosts", str),
-    "--join-timeout": ("join_timeout", int),
-    "--sample-steps": ("sample_steps", int), "--max-samples": ("max_samples", int),
-    "--sample-inference-steps": ("sample_inference_steps", int),
-    "--sample-cfg": ("sample_true_cfg_scale", float),
-    "--sample-lora": ("sample_lora", str), "--sample-lora-strength": ("sample_lora_strength", float),
-    "--lora-targets": ("lora_target_modules", str), "--init-lora": ("lora_checkpoint", str),
-    "--quantize-base": ("quantize_base", str), "--offload-blocks": ("offload_blocks", int),
-}
-# Switches: CLI flag -> TrainOptions field set to True.
-SWITCHES = {"--fp8-base": "fp8_base", "--text-encoder-offload": "text_encoder_offload",
-            "--fp8-text-encoder": "fp8_text_encoder", "--ignore-memory-plan": "ignore_memory_plan"}
-HELP = {"--checkpoints": "without --save-steps: checkpoints spread over the run (default 10)",
-        "--keep-checkpoints": "keep the last N checkpoints plus the best by --keep-best-by "
-                              "(default: all)",
-        "--keep-best-by": "val_loss (default) or a scoreboard metric: psnr, ssim, "
-                          "preserved_error, preserved_share, edit_strength, pixel_shift, zoom",
-        "--report-to": "none, tensorboard, wandb, mlflow or trackio (each needs its library)",
-        "--sample-steps": "sample edits of the validation pairs every N steps "
-                          "(default: at each checkpoint; 0: never)",
-        "--max-samples": "validation pairs sampled (default 4)",
-        "--lr-scheduler": "reference (DiffSynth's), constant, constant_with_warmup, linear, cosine",
-        "--init-lora": "start from this LoRA: an adapter id (adapters list) or a file",
-        "--lora-targets": "comma-separated LoRA target modules (default: the recipe's)",
-        "--max-grad-norm": "clip the gradient norm (default: off; ZeRO-2 runs clip at 1.0)",
-        "--sample-cfg": "true CFG scale of the sample edits (default 1 = off)",
-        "--sample-lora": "a few-step LoRA file stacked under the run's in the sample edits, to "
-                         "preview a deployment with it (set --sample-inference-steps and "
-                         "--sample-cfg to what it was made for)",
-        "--quantize-base": "int8: the frozen transformer quantized by torchao (needs bf16)",
-        "--offload-blocks": "transformer blocks kept in host memory, streamed to the device "
-                            "layer by layer (slower; needs gradient checkpointing)",
-        "--fp8-base": "store the frozen transformer in fp8, compute in bf16 (half the weights)",
-        "--text-encoder-offload": "stream the text encoder's layers from host memory while encoding",
-        "--fp8-text-encoder": "store the text encoder in fp8 while encoding",
-        "--ignore-memory-plan": "start even when the memory plan says the run will not fit"}
+
+def add_option_flags(p) -> None:
+    """One flag per training option of the table (trainer/options.py), in kebab-case; each
+    left unset (None) keeps the preset's value."""
+    for opt in studio_options():
+        if opt.cli_flag is None:
+            continue
+        for flag, shown in ((opt.cli_flag, opt.help or None),
+                            *((alias, argparse.SUPPRESS) for alias in opt.aliases)):
+            keywords = dict(dest=opt.name, default=None, help=shown)
+            if opt.kind is bool:
+                keywords["action"] = ("store_true" if opt.default is False
+                                      else argparse.BooleanOptionalAction)
+            else:
+                keywords["type"] = opt.kind
+            if opt.choices:
+                keywords["choices"] = opt.choices
+            p.add_argument(flag, **keywords)
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a LoRA on a project's pairs")
     p.add_argument("--project", default=None, help="the project to train on (not for --plan)")
-    p.add_argument("--model", default="demo", help="model folder or 'demo'")
-    p.add_argument("--preset", choices=sorted(TRAIN_PRESETS), default="Demo on CPU")
+    p.add_argument("--preset", choices=sorted(TRAIN_PRESETS), default=DEMO,
+                   help="the starting point; each flag below changes one of its options")
     p.add_argument("--name", default=None, help="run name (default: <project>-lora)")
-    for flag, (field, kind) in OPTION_FLAGS.items():
-        p.add_argument(flag, dest=field, type=kind, default=None, help=HELP.get(flag))
-    for flag, field in SWITCHES.items():
-        p.add_argument(flag, dest=field, action="store_true", default=None, help=HELP.get(flag))
-    p.add_argument("--gradient-checkpointing", dest="use_gradient_checkpointing",
-                   action=argparse.BooleanOptionalAction, default=None,
-                   help="default: on for cuda/npu, off on cpu")
+    add_option_flags(p)
     p.add_argument("--plan", action="store_true",
                    help="print the memory plan and its verdict on this machine; start nothing")
     p.add_argument("--plan-presets", action="store_true",
@@ -110,12 +72,14 @@ def manager(args) -> JobManager:
 
 def options(args, preset: str | None = None) -> TrainOptions:
     """The preset's options (`--preset` unless named), with every flag given on top."""
-    values = {**TrainOptions().as_dict(), **TRAIN_PRESETS[preset or args.preset], "model": args.model}
-    for field in [f for f, _ in OPTION_FLAGS.values()] + [*SWITCHES.values(),
-                                                           "use_gradient_checkpointing"]:
-        if getattr(args, field, None) is not None:  # recipe-export has no saver switches
-            values[field] = getattr(args, field)
-    return TrainOptions.from_dict(values)
+    given = {o.name: getattr(args, o.name) for o in studio_options()
+             if getattr(args, o.name, None) is not None}
+    if "num_checkpoints" in given:
+        if "save_steps" in given:
+            raise SystemExit("give --save-steps or --num-checkpoints, not both")
+        given["save_steps"] = None  # the checkpoints asked for win over the preset's cadence
+    return TrainOptions.from_dict({**TrainOptions().as_dict(),
+                                   **TRAIN_PRESETS[preset or args.preset], **given})
 
 
 def follow(jobs: JobManager, run_id: int) -> int:
@@ -146,7 +110,7 @@ def follow(jobs: JobManager, run_id: int) -> int:
 def show_plan(args) -> int:
     jobs = manager(args)
     if args.plan_presets:
-        planned, rows = jobs.preset_plans(args.model)
+        planned, rows = jobs.preset_plans(options(args).model)
         print(f"every preset on {planned}:")
         for row in rows:
             print(f"  {row['preset']}: {row['per device']} per device, {row['host per node']} "

@@ -76,10 +76,9 @@ def _pairs(store: Store, project: str, with_errors: bool = False) -> Iterator[Pa
 def encoding_options(model: str, preset: str, **fields) -> TrainOptions:
     """The options of a run of `preset` on `model`, `fields` on top: what the Dataset tab
     counts and pre-encodes with."""
-    from .launch import TRAIN_PRESETS
+    from .presets import preset_options
 
-    return TrainOptions.from_dict({**TrainOptions().as_dict(), **TRAIN_PRESETS[preset],
-                                   "model": model, **fields})
+    return preset_options(preset, model=model, **fields)
 
 
 def _expected_dtype(opts: TrainOptions) -> str:

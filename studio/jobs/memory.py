@@ -7,7 +7,8 @@ from pathlib import Path
 from ..engine.devices import training_dtype
 from ..engine.memory.plan import Plan, TrainSetting, size, train_plan
 from ..engine.memory.verdict import Budget, Verdict, budget, train_verdict
-from .launch import PRESET_CARD_GB, TRAIN_PRESETS, TrainOptions
+from .launch import TrainOptions
+from .presets import PRESET_CARD_GB, TRAIN_PRESETS, preset_options
 
 DRIVER_GB = 0.5  # what the driver and the CUDA/CANN context take of a card before the run
 
@@ -60,8 +61,8 @@ def card_budget(card_gb: float) -> Budget:
 def preset_rows(model: Path) -> list[dict]:
     """Every preset's plan on `model`, with its verdict on the card it is sized for."""
     rows = []
-    for name, values in TRAIN_PRESETS.items():
-        opts = TrainOptions.from_dict({**TrainOptions().as_dict(), **values})
+    for name in TRAIN_PRESETS:
+        opts = preset_options(name)
         s = setting(opts)
         plan = train_plan(model, s)
         card = PRESET_CARD_GB.get(name)

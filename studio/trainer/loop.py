@@ -104,8 +104,8 @@ def _fixed_size(args) -> tuple[int, int] | None:
 
 
 def _encode_cache(args, info, dtype) -> EncodedCache | None:
-    """The on-disk cache of encodings (None with --no_cache), keyed by what decides them."""
-    if args.no_cache:
+    """The on-disk cache of encodings (None with --no-cache), keyed by what decides them."""
+    if not args.cache:
         return None
     fp = model_fingerprint(info.path)
     settings = {"max_pixels": args.max_pixels, "fixed": _fixed_size(args), "dtype": str(dtype),

@@ -19,7 +19,7 @@ from ..dataset.split import hold_out, parse_count
 from ..dataset.validate import validate_project
 from ..engine.models import MODEL_ENV
 from ..jobs import encode_cache
-from ..jobs.launch import TRAIN_PRESETS
+from ..jobs.presets import TRAIN_PRESETS
 from ..store import Store
 from . import instruction_review, source_panel
 from .common import user_error

@@ -8,11 +8,12 @@ import gradio as gr
 import pandas as pd
 
 from ..jobs.manager import JobManager
-from ..jobs.launch import TRAIN_PRESETS
+from ..jobs.presets import DEMO, TRAIN_PRESETS
 from . import recipe_panel, scoreboard_panel
 from .common import adapter_choices, user_error
-from .train_form import (DEVICE_FIELDS, FIELDS, MEMORY_FIELDS, SAMPLE_FIELDS, TRAINER_FIELDS,
-                         ascend_env_text, form_values, options_from, preset_values)
+from .train_form import (NAMES, ascend_env_text, form_values, options_from, preset_values,
+                         sections, widget)
+from ..trainer.options import DEVICES, SAMPLES
 
 
 def progress_html(step: int, total: int | None) -> str:
@@ -56,26 +57,23 @@ class TrainTab(NamedTuple):
 def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str) -> TrainTab:
     with gr.Row():
         with gr.Column(scale=1):
-            preset = gr.Dropdown([*TRAIN_PRESETS, "Custom"], value="Demo on CPU", label="Preset",
+            preset = gr.Dropdown([*TRAIN_PRESETS, "Custom"], value=DEMO, label="Preset",
                                  elem_id="train-preset")
             model = gr.Textbox(value=model_path, label="Model folder (or 'demo')")
             name = gr.Textbox(label="Run name", placeholder="default: <project>-lora")
-            initial = iter(preset_values("Demo on CPU"))
+            initial = iter(preset_values(DEMO))
             fields = []
-            with gr.Accordion("Trainer options", open=False):
-                fields += [make(next(initial)) for _, make in TRAINER_FIELDS]
-            with gr.Accordion("Memory savers", open=False):
-                fields += [make(next(initial)) for _, make in MEMORY_FIELDS]
-            with gr.Accordion("Sample edits at checkpoints", open=False):
-                fields += [make(next(initial)) for _, make in SAMPLE_FIELDS]
-                scoreboard_panel.preview_controls(jobs, model, *(
-                    fields[[n for n, _ in FIELDS].index(f)]
-                    for f in ("sample_inference_steps", "sample_true_cfg_scale")))
-            with gr.Accordion("Devices and nodes", open=False):
-                fields += [make(next(initial)) for _, make in DEVICE_FIELDS]
-                env_text = gr.Textbox(label="Extra environment (KEY=VALUE per line; NPU runs "
-                                            "also get the Ascend defaults shown in the command)",
-                                      lines=3)
+            for section, options in sections().items():
+                with gr.Accordion(section, open=False):
+                    fields += [widget(opt, next(initial)) for opt in options]
+                    if section == SAMPLES:
+                        scoreboard_panel.preview_controls(jobs, model, *(
+                            fields[NAMES.index(f)]
+                            for f in ("sample_inference_steps", "sample_true_cfg_scale")))
+                    if section == DEVICES:
+                        env_text = gr.Textbox(label="Extra environment (KEY=VALUE per line; NPU "
+                                                    "runs also get the Ascend defaults shown in "
+                                                    "the command)", lines=3)
             with gr.Row():
                 show = gr.Button("Show command")
                 plan_button = gr.Button("Memory plan", elem_id="train-plan")
@@ -216,7 +214,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str) -> Tra
     run_pick.change(on_refresh, run_pick, outputs, api_name="train_status")
     timer.tick(on_refresh, run_pick, outputs, api_name=False, show_progress="hidden")
 
-    init_lora = fields[[name for name, _ in FIELDS].index("lora_checkpoint")]
+    init_lora = fields[NAMES.index("lora_checkpoint")]
 
     def on_project(project_name):
         # Only the lists: opening the tab must not reset a form being filled in.
