@@ -36,6 +36,11 @@ RECONCILE_EVERY = 3.0  # seconds between the app's background reconciles
 log = logging.getLogger(__name__)
 
 
+def absolute(path: str) -> str:
+    """A user's file path as the trainer, started in another working directory, must see it."""
+    return str(Path(path).expanduser().resolve()) if path.strip() else ""
+
+
 def _iso(epoch: float) -> str:
     """A time.time() in the store's format (store.now())."""
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
@@ -80,7 +85,7 @@ class JobManager:
                                        resume=False))
         source = trainer_source_args(self.store, project) or []
         opts = dataclasses.replace(self._start_lora(opts), model=str(self.model_folder(opts.model)),
-                                   source_args=source)
+                                   source_args=source, sample_lora=absolute(opts.sample_lora))
         if not source and not self.store.pairs.count(project):
             raise ValueError(f"project {project!r} has no pairs to train on; add some in the "
                              f"Dataset tab, or attach a parquet source (studio dataset attach)")
@@ -103,9 +108,10 @@ class JobManager:
         return self.runs.get(run["id"])
 
     def model_folder(self, spec: str) -> Path:
-        """The demo model is the studio's own, wherever this projects folder is."""
+        """The demo model is the studio's own, wherever this projects folder is. A path is made
+        absolute here: the trainer starts in another working directory."""
         if spec != "demo":
-            return Path(spec).expanduser()
+            return Path(spec).expanduser().resolve()
         from ..engine.models import resolve_model
 
         return resolve_model("demo", self.store.root)
@@ -139,7 +145,7 @@ class JobManager:
         except FileNotFoundError as exc:
             raise ValueError(f"LoRA to start from: {exc}") from None
         check_compatible(ref.path, opts.lora_rank, opts.lora_target_modules)
-        return dataclasses.replace(opts, lora_checkpoint=str(ref.path))
+        return dataclasses.replace(opts, lora_checkpoint=absolute(str(ref.path)))
 
     def dispatch(self) -> list[int]:
         """Start queued runs, oldest first, whose devices no active run holds."""
