@@ -5,7 +5,7 @@ import pytest
 
 from studio.cli import main
 from studio.dataset import importers
-from studio.dataset.export import SEED_COLUMNS, export_dataset
+from studio.dataset.export import RECIPE_COLUMNS, export_dataset
 from studio.dataset.instructions import set_instruction
 from studio.dataset.synthetic_pairs import add_synthetic_pairs
 from studio.dataset.validate import validate_project
@@ -40,7 +40,7 @@ def test_seed_export_round_trips_awkward_instructions_verbatim(store, tmp_path):
     result = export_dataset(store, "p", tmp_path / "out")
     assert result.pairs == len(AWKWARD)
     frame = pd.read_csv(tmp_path / "out" / "metadata_edit.csv", dtype=str, keep_default_na=False)
-    assert list(frame.columns) == SEED_COLUMNS
+    assert list(frame.columns) == RECIPE_COLUMNS
     by_id = dict(zip(frame.sample_id, frame.prompt))
     assert [by_id[str(n)] for n in range(len(AWKWARD))] == AWKWARD
     row = frame[frame.sample_id == "0"].iloc[0]

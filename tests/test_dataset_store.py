@@ -81,7 +81,7 @@ def test_cli_import_list_samples_and_export(store, tmp_path, capsys):
     assert main(root + ["import", "--project", "p", "--pairs", str(folder)]) == 1  # one bad row
     out = capsys.readouterr().out
     assert "1 pairs added" in out and "rejected: pair b: source_b.jpg: not an image" in out
-    assert main(root + ["samples", "--project", "p", "--count", "2"]) == 0
+    assert main(root + ["synthetic", "--project", "p", "--count", "2"]) == 0
     capsys.readouterr()
     assert main(root + ["list", "--project", "p", "--search", "cli"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -93,7 +93,7 @@ def test_bad_upload_is_reported_and_export_writes_the_seed_layout(served, tmp_pa
     validation = store.pairs.count("default", split="validation")
     # The first test added 10 pairs and held 2 out (plus any the samples keep for validation).
     assert train + validation == 10 and validation >= 2
-    result = client.predict("default", "seed", str(tmp_path / "out"), False, api_name="/dataset_export")
+    result = client.predict("default", "recipe", str(tmp_path / "out"), False, api_name="/dataset_export")
     assert f"wrote {train} training pairs and {validation} validation pairs" in result
     frame = pd.read_csv(tmp_path / "out" / "metadata_edit.csv")
     assert len(frame) == train
@@ -101,4 +101,4 @@ def test_bad_upload_is_reported_and_export_writes_the_seed_layout(served, tmp_pa
     assert list(frame.columns) == ["image", "edit_image", "prompt", "sample_id"]
     assert frame.image.str.startswith("images/edited_").all()
     with pytest.raises(Exception, match="not empty"):
-        client.predict("default", "seed", str(tmp_path / "out"), False, api_name="/dataset_export")
+        client.predict("default", "recipe", str(tmp_path / "out"), False, api_name="/dataset_export")

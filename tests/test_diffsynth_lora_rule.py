@@ -88,7 +88,7 @@ def test_recipe_export_writes_the_lora_to_start_from_as_a_diffsynth_copy(project
     store.create_project("cats")
     add_synthetic_pairs(store, "cats", 4)
     adapter = store.add_adapter("cats", "ours", ours)
-    options = TrainOptions.from_dict({**TrainOptions().as_dict(), **TRAIN_PRESETS["Seed: 8 Ascend NPUs, ZeRO-2"],
+    options = TrainOptions.from_dict({**TrainOptions().as_dict(), **TRAIN_PRESETS["Reference recipe: 8 Ascend NPUs, ZeRO-2"],
                                       "lora_rank": RANK, "lora_checkpoint": str(adapter["id"])})
     script = export_recipe(store, "cats", demo_model, tmp_path / "out", options)
     argv = subprocess.run(["bash", str(script)], capture_output=True, check=True,

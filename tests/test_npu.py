@@ -21,7 +21,7 @@ from diffusers.models import attention_dispatch
 from diffusers.models.normalization import RMSNorm
 from diffusers.models.transformers import transformer_qwenimage
 
-from studio.engine.npu import (SEED_ENV, apply_patches, find_set_env, npu_env, remove_patches,
+from studio.engine.npu import (RECIPE_ENV, apply_patches, find_set_env, npu_env, remove_patches,
                                training_env)
 from studio.engine.npu.patches import FusedRMSNorm
 
@@ -254,7 +254,7 @@ def test_editor_leaves_cpu_pipelines_unpatched(demo_editor):
 # -- environment -------------------------------------------------------------------------
 def test_npu_env_defaults_are_the_seed_scripts():
     env = npu_env()
-    assert env == SEED_ENV
+    assert env == RECIPE_ENV
     assert env["ASCEND_SLOG_PRINT_TO_STDOUT"] == "0"
     assert env["ASCEND_GLOBAL_LOG_LEVEL"] == "3"
     assert env["TASK_QUEUE_ENABLE"] == "2"
@@ -274,7 +274,7 @@ def test_npu_env_overrides_replace_add_and_drop():
     assert env["TASK_QUEUE_ENABLE"] == "1"
     assert env["HCCL_EXEC_TIMEOUT"] == "7200"
     assert "HCCL_DETERMINISTIC" not in env
-    assert SEED_ENV["TASK_QUEUE_ENABLE"] == "2"  # the defaults are not mutated
+    assert RECIPE_ENV["TASK_QUEUE_ENABLE"] == "2"  # the defaults are not mutated
     with pytest.raises(ValueError, match="BAD NAME"):
         npu_env({"BAD NAME": "1"})
 
@@ -306,7 +306,7 @@ def test_training_env_sources_set_env_then_applies_npu_env(tmp_path):
 def test_training_env_without_cann_is_base_plus_npu_env(tmp_path):
     base = {"PATH": "/usr/bin:/bin"}
     env = training_env(base=base, candidates=(str(tmp_path / "absent.sh"),))
-    assert env == {**base, **SEED_ENV}
+    assert env == {**base, **RECIPE_ENV}
     assert find_set_env(candidates=(str(tmp_path / "absent.sh"),)) is None
 
 

@@ -222,7 +222,7 @@ def test_attach_sample_source_and_the_trainer_flags_from_the_cli(shards, tmp_pat
     assert "you cannot:" in out.out and "edit, delete" in out.out
     assert "counting rows" in out.err and "2/2" in out.err  # the progress bar, per file
 
-    assert main([*base, "dataset", "sample", "--project", "p", "--n", "2"]) == 0
+    assert main([*base, "dataset", "rows", "--project", "p", "--n", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("shard-00.parquet row 0\tid 0\tsource 64×64  target 64×64")
     assert '"make it brighter, 0"' in lines[0]

@@ -14,7 +14,7 @@ import yaml
 
 from studio.dataset.synthetic_pairs import add_synthetic_pairs
 from studio.engine.model_folder import ModelFolderError
-from studio.engine.npu.env import SEED_ENV
+from studio.engine.npu.env import RECIPE_ENV
 from studio.store import Store
 from studio.recipe.external_log import follow_log, parse_log
 from studio.jobs.launch import TrainOptions
@@ -60,7 +60,7 @@ def sharded_model(demo_model, tmp_path):
 
 
 def seed_options(**changes) -> TrainOptions:
-    return TrainOptions.from_dict({**TrainOptions().as_dict(), **TRAIN_PRESETS["Seed: 8 Ascend NPUs, ZeRO-2"],
+    return TrainOptions.from_dict({**TrainOptions().as_dict(), **TRAIN_PRESETS["Reference recipe: 8 Ascend NPUs, ZeRO-2"],
                                    **changes})
 
 
@@ -112,7 +112,7 @@ def test_export_writes_a_runnable_seed_recipe(store, sharded_model, tmp_path):
     # Ascend environment: every seed variable is exported with its value.
     exports = dict(shlex.split(line)[1].split("=", 1) for line in script.read_text().splitlines()
                    if line.startswith("export "))
-    assert {k: exports.get(k) for k in SEED_ENV} == SEED_ENV
+    assert {k: exports.get(k) for k in RECIPE_ENV} == RECIPE_ENV
     assert "set_env.sh" in script.read_text()
 
     config = yaml.safe_load((out / "accelerate_config.yaml").read_text())
@@ -245,7 +245,7 @@ def test_train_tab_exports_and_follows_through_the_app(store, demo_model, tmp_pa
                            show_error=True)
     try:
         client = Client(url, verbose=False)
-        form = train_form.preset_values("Seed: 8 Ascend NPUs, ZeRO-2")
+        form = train_form.preset_values("Reference recipe: 8 Ascend NPUs, ZeRO-2")
         note = client.predict("cats", "first", str(demo_model), "HCCL_EXEC_TIMEOUT=3600", *form,
                               api_name="/train_seed_export")
         out = store.project_dir("cats") / "exports" / "first"

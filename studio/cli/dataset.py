@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from ..dataset import importers, proposals
 from ..dataset.checks import DEFAULT_MAX_PIXELS
-from ..dataset.export import FORMATS, export_dataset
+from ..dataset.export import FORMAT_ALIASES, FORMATS, export_dataset
 from ..dataset.instructions import Rewrite, rewrite_instructions
 from ..dataset.synthetic_pairs import add_synthetic_pairs
 from ..dataset.split import hold_out, parse_count
@@ -59,8 +59,10 @@ def register(sub) -> None:
     exp = verbs.add_parser("export", help="write the pairs as a training dataset folder")
     exp.add_argument("--project", required=True)
     exp.add_argument("--out", required=True, metavar="DIR")
-    exp.add_argument("--format", choices=FORMATS, default="seed",
-                     help="seed (metadata_edit.csv, default), diffsynth, aitoolkit, musubi")
+    exp.add_argument("--format", choices=FORMATS, default="recipe",
+                     type=lambda name: FORMAT_ALIASES.get(name, name),
+                     help="recipe (metadata_edit.csv, what the reference recipe reads; 'seed' "
+                          "also works; the default), diffsynth, aitoolkit, musubi")
     exp.add_argument("--force", action="store_true", help="write into a folder that is not empty")
     exp.set_defaults(handler=run_export)
 
@@ -71,10 +73,11 @@ def register(sub) -> None:
     lst.add_argument("--page-size", type=int, default=50)
     lst.set_defaults(handler=run_list)
 
-    smp = verbs.add_parser("samples", help="add a few synthetic pairs to try training at once")
+    smp = verbs.add_parser("synthetic", aliases=["samples"],
+                           help="add a few synthetic pairs to try training at once")
     smp.add_argument("--project", required=True)
     smp.add_argument("--count", type=int, default=8)
-    smp.set_defaults(handler=run_samples)
+    smp.set_defaults(handler=run_synthetic)
 
     spl = verbs.add_parser("split", help="hold random training pairs out for validation")
     spl.add_argument("--project", required=True)
@@ -272,7 +275,7 @@ def run_list(args) -> int:
     return 0
 
 
-def run_samples(args) -> int:
+def run_synthetic(args) -> int:
     store = open_store(args)
     store.require_project(args.project)
     report = add_synthetic_pairs(store, args.project, args.count)

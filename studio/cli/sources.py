@@ -1,4 +1,4 @@
-"""`dataset attach | sample | source | detach`: parquet shards attached to a project in place,
+"""`dataset attach | rows | source | detach`: parquet shards attached to a project in place,
 for datasets too big to import (studio/dataset/attached.py says what that allows)."""
 from __future__ import annotations
 
@@ -25,12 +25,13 @@ def register(sub) -> None:
                      help=f"rows to check, spread over the source (default {CHECKED_ROWS})")
     att.set_defaults(handler=run_attach)
 
-    smp = verbs.add_parser("sample", help="show rows of the attached source, with their problems")
+    smp = verbs.add_parser("rows", aliases=["sample"],
+                           help="show rows of the attached source, with their problems")
     smp.add_argument("--project", required=True)
     smp.add_argument("--n", type=int, default=5, help="how many rows (default 5)")
     smp.add_argument("--spread", action="store_true",
                      help="rows spread over the whole source instead of the first ones")
-    smp.set_defaults(handler=run_sample)
+    smp.set_defaults(handler=run_rows)
 
     show = verbs.add_parser("source", help="the attached source, and what it allows")
     show.add_argument("--project", required=True)
@@ -102,7 +103,7 @@ def _record(store, project: str) -> dict:
     return record
 
 
-def run_sample(args) -> int:
+def run_rows(args) -> int:
     store = open_store(args)
     source = open_source(_record(store, args.project))
     rows = checked_rows(source, source.spread(args.n)) if args.spread else first_rows(source, args.n)

@@ -16,7 +16,7 @@ from .parquet_rows import ParquetSource, Row, RowReader
 CHECKED_ROWS = 100  # rows checked at attach, spread over the whole source
 
 CAN = (
-    "browse a sample of its rows (dataset sample), with each row's problems",
+    "browse its rows (dataset rows), with each row's problems",
     "train from all of its rows: the trainer reads them in place, checks each, and skips and "
     "names the rows that cannot train",
     "keep validation pairs in the project (dataset split) for the sample edits and the "

@@ -27,8 +27,9 @@ from typing import Callable
 
 from ..store import Store
 
-FORMATS = ("seed", "diffsynth", "aitoolkit", "musubi")
-SEED_COLUMNS = ["image", "edit_image", "prompt", "sample_id"]
+FORMATS = ("recipe", "diffsynth", "aitoolkit", "musubi")
+FORMAT_ALIASES = {"seed": "recipe"}  # the name users know the reference recipe by
+RECIPE_COLUMNS = ["image", "edit_image", "prompt", "sample_id"]
 
 
 @dataclass
@@ -90,16 +91,16 @@ class _Writer:
 
     def _stream(self, split: str):
         suffix = "edit" if split == "train" else "validation"
-        if self.fmt == "seed":
+        if self.fmt == "recipe":
             name = f"metadata_{suffix}.csv"
         else:
             name = "metadata.jsonl" if split == "train" else "metadata_validation.jsonl"
         if name not in self.files:
             # newline="" lets the csv module write the line endings (and quoted newlines) itself.
             self.files[name] = open(self.out / name, "w", encoding="utf-8", newline="")
-            if self.fmt == "seed":
+            if self.fmt == "recipe":
                 self.csv[name] = csv.writer(self.files[name], lineterminator="\n")
-                self.csv[name].writerow(SEED_COLUMNS)
+                self.csv[name].writerow(RECIPE_COLUMNS)
         return name
 
     def _copy(self, relative: str, name: str) -> str:
@@ -134,7 +135,7 @@ class _Writer:
         sources = [copy(pair["source_path"], f"images/source_{sid}")]
         sources += [copy(extra, f"images/source_{sid}_{n}") for n, extra in enumerate(pair["extra_sources"], 2)]
         name = self._stream(split)
-        if self.fmt == "seed":
+        if self.fmt == "recipe":
             self.csv[name].writerow([target, sources[0], pair["instruction"], sid])
         elif self.fmt == "diffsynth":
             record = {"image": target, "edit_image": sources if len(sources) > 1 else sources[0],
@@ -151,17 +152,18 @@ class _Writer:
             self.files[name].write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
-        if self.fmt == "seed" and "metadata_edit.csv" not in self.files:
+        if self.fmt == "recipe" and "metadata_edit.csv" not in self.files:
             self._stream("train")  # an empty dataset still gets its header
         for handle in self.files.values():
             handle.close()
 
 
-def export_dataset(store: Store, project: str, out: str | Path, fmt: str = "seed",
+def export_dataset(store: Store, project: str, out: str | Path, fmt: str = "recipe",
                    overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
                    link: bool = False) -> ExportResult:
     """`link`: hard-link the images (a run's own folder, on this machine: the store's images
     are content-addressed and never change) and copy only where links fail."""
+    fmt = FORMAT_ALIASES.get(fmt, fmt)
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out = Path(out)
@@ -199,7 +201,7 @@ def export_dataset(store: Store, project: str, out: str | Path, fmt: str = "seed
     if link and writer.copied:
         result.notes.append(f"copied {writer.copied} images: hard links failed "
                             f"({writer.link_failure}; the dataset is on another filesystem?)")
-    if extra_inputs and fmt == "seed":
+    if extra_inputs and fmt == "recipe":
         result.notes.append(f"{extra_inputs} pairs have 2-3 input images; metadata_edit.csv lists "
                             "only the first (images/source_<id>.*). Use --format diffsynth for all.")
     return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .launch import TrainOptions
 
 DEMO = "Demo on CPU"
-RECIPE = "Seed: 8 Ascend NPUs, ZeRO-2"  # the reference recipe (MindSpeed-MM)
+RECIPE = "Reference recipe: 8 Ascend NPUs, ZeRO-2"  # the reference recipe (MindSpeed-MM)
 
 _GPU_RUN = dict(device="cuda", mode="single", processes_per_node=1, max_steps=2000,
                 save_steps=250, lora_rank=32, max_pixels=262144, mixed_precision="bf16",

@@ -264,7 +264,7 @@ def export_recipe(store: Store, project: str, model_path: str | Path, out_dir: s
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"{out} is not empty; choose a new folder (or overwrite)")
     out.mkdir(parents=True, exist_ok=True)
-    result = export_dataset(store, project, out / "dataset", fmt="seed", overwrite=overwrite)
+    result = export_dataset(store, project, out / "dataset", fmt="recipe", overwrite=overwrite)
     write_config(out / CONFIG, config)
     if start:
         convert(start, out / LORA_COPY, "diffsynth", model_dir)

@@ -199,7 +199,7 @@ def build(store: Store, project: gr.Dropdown, model: str | None = None, editor=N
     # -- export -------------------------------------------------------------
     with gr.Accordion("Export", open=False):
         with gr.Row():
-            fmt = gr.Dropdown(list(FORMATS), value="seed", label="Format")
+            fmt = gr.Dropdown(list(FORMATS), value="recipe", label="Format")
             out_dir = gr.Textbox(label="Output folder (on the server)", placeholder="/data/my_dataset")
             force = gr.Checkbox(label="Write into a folder that is not empty")
         export_button = gr.Button("Export", elem_id="ds-export")

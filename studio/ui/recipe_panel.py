@@ -42,8 +42,8 @@ def build(store: Store, project: gr.Dropdown, model: gr.Textbox, env_text: gr.Te
     with gr.Accordion("Export for MindSpeed-MM / DiffSynth-Studio", open=False):
         out_text = gr.Textbox(label="Output folder",
                               placeholder="new folder; relative names go under the project's exports/")
-        export = gr.Button("Export script, config and dataset", elem_id="seed-export")
-        exported = gr.Markdown(elem_id="seed-export-result")
+        export = gr.Button("Export script, config and dataset", elem_id="recipe-export")
+        exported = gr.Markdown(elem_id="recipe-export-result")
     with gr.Accordion("Follow an external run", open=False):
         log_path = gr.Textbox(label="Log file", placeholder="output/train_<date>_node0.log")
         with gr.Row():

@@ -66,9 +66,9 @@ def options_from(model: str, env_text: str, values) -> TrainOptions:
 
 def ascend_env_text() -> str:
     """The recipe's Ascend variables as editable KEY=VALUE lines (an empty value drops one)."""
-    from ..engine.npu.env import OPTIONAL_ENV, SEED_ENV
+    from ..engine.npu.env import OPTIONAL_ENV, RECIPE_ENV
 
-    return "\n".join([*(f"{k}={v}" for k, v in SEED_ENV.items()),
+    return "\n".join([*(f"{k}={v}" for k, v in RECIPE_ENV.items()),
                       *(f"# {k}={v}" for k, v in OPTIONAL_ENV.items())])
 
 

@@ -13,7 +13,7 @@ import importlib.util
 _LAZY = {
     "apply_patches": "patches", "remove_patches": "patches", "import_torch_npu": "patches",
     "npu_env": "env", "training_env": "env", "find_set_env": "env", "sourced_env": "env",
-    "SEED_ENV": "env", "OPTIONAL_ENV": "env",
+    "RECIPE_ENV": "env", "OPTIONAL_ENV": "env",
 }
 
 

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Mapping
 
-SEED_ENV: dict[str, str] = {
+RECIPE_ENV: dict[str, str] = {
     "ASCEND_SLOG_PRINT_TO_STDOUT": "0",  # CANN logs to files, not the training log
     "ASCEND_GLOBAL_LOG_LEVEL": "3",  # errors only
     "ASCEND_GLOBAL_EVENT_ENABLE": "0",
@@ -53,7 +53,7 @@ def npu_env(overrides: Mapping[str, object] | None = None) -> dict[str, str]:
     """The recipe's Ascend variables with `overrides` applied: a value replaces or adds a
     variable, None (or "") drops it from this set (the subprocess then inherits whatever
     the launching environment has)."""
-    env = dict(SEED_ENV)
+    env = dict(RECIPE_ENV)
     for name, value in (overrides or {}).items():
         if not isinstance(name, str) or not _NAME.match(name):
             raise ValueError(f"{name!r} is not an environment variable name")
