@@ -12,6 +12,7 @@ from studio.dataset.synthetic_pairs import add_synthetic_pairs
 from studio.engine.model_folder import inspect_model_folder
 from studio.jobs import encode_cache, launch
 from studio.store import Store
+from studio.trainer import run_files
 from studio.trainer.args import parse_args
 from studio.trainer.cache import EncodedCache, entry_files, keys_for
 from studio.trainer.data import Pair, load_pairs, load_validation_pairs
@@ -86,6 +87,9 @@ def test_count_follows_changes_and_deleting_pairs_drops_exactly_their_entries(de
     run_trainer_encoding(store, "p", opts, tmp_path / "run")
     counted = encode_cache.status(store, "p", demo_model, opts)
     assert counted["encoded"] == counted["pairs"] == 5 and counted["bytes"] > 0
+    # The trainer said how far it got, in the file a pre-encode follows.
+    assert run_files.read_progress(tmp_path / "run" / "output") == \
+        {"phase": "encode", "done": 5, "total": 5, "cached": 0}
     # Other settings (the edit image at ~1 MP) have nothing encoded.
     other = encode_cache.encoding_options(str(demo_model), "Demo on CPU", max_pixels=4096,
                                           edit_image_auto_resize=True)

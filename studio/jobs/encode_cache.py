@@ -6,15 +6,16 @@ Counting and pruning key the pairs as a run does (studio/trainer/cache.py), whic
 every image: they run when asked, never on a page refresh. The settings a run used are
 recorded in the cache itself, so entries of settings no longer in use are still known.
 
-A pre-encode keeps its files in <project>/encode_job/, laid out as a run's folder (dataset/,
-output/, train.log, exit.json; run_folder.py) plus job.json, and replaced by the next one.
+A pre-encode starts under the supervisor as a run does (launchers.py) and is followed through
+the trainer's progress file (output/progress.json). It keeps its files in <project>/encode_job/,
+laid out as a run's folder (dataset/, output/, train.log, exit.json; run_folder.py) plus
+job.json, and replaced by the next one.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -25,19 +26,15 @@ from typing import Iterator
 
 from ..store import Store
 from ..store.runs import ACTIVE
-from ..trainer import process_group
+from ..trainer import process_group, run_files
 from ..trainer.accelerate_config import write_config
 from ..trainer.cache import CACHE_VERSION, EncodedCache, entry_files, keys_for, model_fingerprint
 from ..trainer.data import Pair
 from . import launch, launchers, monitor, run_folder
 from .launch import TrainOptions
-from .multinode import REPO
 
 JOB = "encode_job"
 JOB_FILE = "job.json"
-# The trainer's log lines that say how much it will encode (studio/trainer/loop.py).
-_TO_ENCODE = re.compile(r"encoding (\d+) of (\d+) pairs \((\d+) cached\)")
-_ALL_CACHED = re.compile(r"all (\d+) pairs found in the cache")
 
 
 def cache_dir(store: Store, project: str) -> Path:
@@ -166,15 +163,16 @@ def _encoding_options(opts: TrainOptions, model: Path) -> TrainOptions:
 
 def pre_encode(store: Store, project: str, opts: TrainOptions) -> subprocess.Popen:
     """Export the project's pairs (hard links) into its encode_job folder and start the
-    trainer on them with --encode_only, under the supervisor (its exit file, its process
-    group); `progress` reads how it goes, `stop` ends it (what is encoded stays)."""
+    trainer on them with --encode_only, under the supervisor as a run is (launchers.py);
+    `progress` reads how it goes, `stop` ends it (what is encoded stays). The caller reaps
+    the returned child (PreEncodes does for the app)."""
     store.require_project(project)
     if running(store, project):
         raise ValueError(f"project {project!r} is already being encoded")
     from ..dataset.export import export_dataset
 
     model = model_folder(store, opts.model)
-    root = cache_dir(store, project) / model_fingerprint(model)  # first: fails on a wrong folder
+    model_fingerprint(model)  # first: fails on a folder that is no model
     opts = _encoding_options(opts, model)
     job = job_dir(store, project)
     shutil.rmtree(job, ignore_errors=True)  # the last job's dataset and files go
@@ -183,19 +181,12 @@ def pre_encode(store: Store, project: str, opts: TrainOptions) -> subprocess.Pop
     total = exported.pairs + exported.validation_pairs
     if not total:
         raise ValueError(f"project {project!r} has no pairs to encode")
-    # Entries now, so that progress counts the new ones without a stat of each.
-    state = {"model": str(model), "root": str(root), "pairs": total,
-             "entries_before": sum(1 for _ in entry_files(root)), "started": time.time()}
+    state = {"model": str(model), "pairs": total, "started": time.time()}
     _write_job(job, state)
-    command = [sys.executable, "-m", "studio.jobs.supervise", str(job / run_folder.EXIT), "--",
-               *encode_command(opts, job, cache_dir(store, project))]
-    env = {**os.environ, **launch.launch_env(opts)}
     child = None
     try:
-        with (job / run_folder.LOG).open("ab") as printed:
-            child = subprocess.Popen(command, stdout=printed, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                     cwd=REPO)
+        child = launchers.supervised(encode_command(opts, job, cache_dir(store, project)), job,
+                                     launchers.environment(opts))
     finally:  # a pid of None: progress says it failed, rather than "starting" forever
         _write_job(job, {**state, "pid": child.pid if child else None})
     return child
@@ -203,28 +194,22 @@ def pre_encode(store: Store, project: str, opts: TrainOptions) -> subprocess.Pop
 
 def progress(store: Store, project: str) -> dict:
     """The last pre-encode: {state: none | running | finished | failed, pairs, to_encode,
-    cached (None until the trainer has keyed the pairs), encoded (new entries so far),
-    error}."""
+    cached (None until the trainer has keyed the pairs), encoded, error}, from the
+    trainer's progress file (run_files.PROGRESS) and the supervisor's exit file."""
     folder = job_dir(store, project)
     job = _read_job(folder)
     if job is None:
         return {"state": "none", "pairs": 0, "to_encode": None, "cached": None, "encoded": 0,
                 "error": None}
-    log = (folder / run_folder.LOG).read_text(encoding="utf-8", errors="replace") \
-        if (folder / run_folder.LOG).is_file() else ""
-    to_encode = cached = None
-    if found := _TO_ENCODE.search(log):
-        to_encode, cached = int(found[1]), int(found[3])
-    elif found := _ALL_CACHED.search(log):
-        to_encode, cached = 0, int(found[1])
-    new = sum(1 for _ in entry_files(Path(job["root"]))) - job["entries_before"]
-    encoded = max(0, min(new, to_encode if to_encode is not None else new))
+    told = run_files.read_progress(run_folder.output(folder)) or {}
+    keyed = told.get("phase") == "encode"
     alive = "pid" not in job or process_group.alive(job["pid"])  # no pid: being started
     code, _ = launchers.exit_status(folder)
     state = "running" if alive else "finished" if code == 0 else "failed"
     error = monitor.failure(folder, code) if state == "failed" else None
-    return {"state": state, "pairs": job["pairs"], "to_encode": to_encode, "cached": cached,
-            "encoded": encoded, "error": error}
+    return {"state": state, "pairs": job["pairs"], "to_encode": told["total"] if keyed else None,
+            "cached": told["cached"] if keyed else None, "encoded": told["done"] if keyed else 0,
+            "error": error}
 
 
 def progress_line(done: dict) -> str:
@@ -234,6 +219,8 @@ def progress_line(done: dict) -> str:
     if done["state"] == "failed":
         return "Pre-encode failed: " + (done["error"] or "").split("\n", 1)[0]
     if done["to_encode"] is None:
+        if done["state"] == "finished":  # ended before it keyed the pairs (stopped early)
+            return f"Pre-encode ended before keying the {done['pairs']} pairs."
         return f"Pre-encoding: loading the encoders, keying {done['pairs']} pairs…"
     counts = (f"{done['encoded']} of {done['to_encode']} pairs encoded, {done['cached']} were "
               f"already cached")
@@ -245,11 +232,29 @@ def stop(store: Store, project: str) -> bool:
     job = _read_job(job_dir(store, project))
     if not job or not process_group.alive(job.get("pid")):
         return False
-    try:
-        os.killpg(job["pid"], signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    return True
+    return launchers.signal_group(job["pid"], signal.SIGTERM)
+
+
+class PreEncodes:
+    """The pre-encodes this app started, one per project, each reaped once it has ended so
+    that none lingers as a zombie (the Dataset tab's; the CLI waits for its own)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._children: dict[str, subprocess.Popen] = {}
+
+    def start(self, project: str, opts: TrainOptions) -> dict:
+        self._children[project] = pre_encode(self.store, project, opts)
+        return self.progress(project)
+
+    def progress(self, project: str) -> dict:
+        child = self._children.get(project)
+        if child is not None and child.poll() is not None:
+            self._children.pop(project, None)
+        return progress(self.store, project)
+
+    def stop(self, project: str) -> bool:
+        return stop(self.store, project)
 
 
 # -- freeing the disk --------------------------------------------------------------------

@@ -47,20 +47,46 @@ def command(opts: TrainOptions, folder: Path, run_id: int, resume: bool) -> tupl
     return ["bash", str(script)], f"bash {script}"
 
 
+def environment(opts: TrainOptions) -> dict[str, str]:
+    """This process's environment with the run's on top; on an NPU, CANN's set_env.sh first
+    and the Ascend variables on top of it."""
+    env = {**os.environ, **launch.launch_env(opts)}
+    if opts.device == "npu":
+        from ..engine.npu.env import training_env
+
+        env = training_env(env, opts.env, opts.cann_set_env or None)
+    return env
+
+
+def supervised(cmd: list[str], folder: Path, env: dict) -> subprocess.Popen:
+    """Start `cmd` under the supervisor (supervise.py): its output appended to the folder's
+    train.log, its exit status written to exit.json. The caller reaps the returned child."""
+    with (folder / run_folder.LOG).open("ab") as printed:
+        # A new session: the supervisor leads the process group (pgid = its pid).
+        return subprocess.Popen([sys.executable, "-m", "studio.jobs.supervise",
+                                 str(folder / run_folder.EXIT), "--", *cmd],
+                                stdout=printed, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True, cwd=multinode.REPO)
+
+
 def start(opts: TrainOptions, folder: Path, run_id: int, resume: bool, env: dict) -> Started:
     cmd, shown = command(opts, folder, run_id, resume)
     if opts.num_machines > 1 and opts.launcher == "slurm":
         job = subprocess.run(["sbatch", "--parsable", *cmd], capture_output=True, text=True,
                              check=True, env=env).stdout.strip().split(";")[0]
         return Started(shown, scheduler_job=job)
-    with (folder / run_folder.LOG).open("ab") as printed:
-        supervised = [sys.executable, "-m", "studio.jobs.supervise", str(folder / run_folder.EXIT),
-                      "--", *cmd]
-        # A new session: the supervisor leads the run's process group (pgid = its pid).
-        child = subprocess.Popen(supervised, stdout=printed, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                 cwd=multinode.REPO)
-    return Started(shown, child=child)
+    return Started(shown, child=supervised(cmd, folder, env))
+
+
+def signal_group(pgid: int | None, sig: int) -> bool:
+    """Signal a supervised process group; False if it is gone."""
+    if not pgid:
+        return False
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def send(run: dict, sig: int) -> None:
@@ -70,11 +96,7 @@ def send(run: dict, sig: int) -> None:
         flag = [] if sig == signal.SIGKILL else ["--signal=TERM", "--full"]
         subprocess.run(["scancel", *flag, run["scheduler_job"]], capture_output=True)
         return
-    if run["pid"]:
-        try:
-            os.killpg(run["pid"], sig)
-        except ProcessLookupError:
-            pass
+    signal_group(run["pid"], sig)
     if opts.num_machines > 1 and opts.launcher == "ssh":
         for host in launch.hosts(opts)[1:]:
             subprocess.run(["ssh", "-o", "BatchMode=yes", host,

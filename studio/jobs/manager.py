@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -174,11 +173,7 @@ class JobManager:
                                         f"hard-linked from the project, {exported.copied} copied"
                                 + "".join(f"; {n}" for n in exported.notes))
             write_config(run_folder.config(folder), launch.accelerate_config(opts))
-            env = {**os.environ, **launch.launch_env(opts)}
-            if opts.device == "npu":  # CANN's set_env.sh first, the Ascend variables on top
-                from ..engine.npu.env import training_env
-
-                env = training_env(env, opts.env, opts.cann_set_env or None)
+            env = launchers.environment(opts)
             if self.before_start:
                 self.before_start(opts.device)
             # The last start's outcome goes: its exit status and the trainer's own error.

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from ..engine.devices import free_memory
 from ..engine.savers import Savers, apply_text_encoder_savers
 from .data import Pair, reference_edit_size, sized_image
-from .run_files import replacing
+from .run_files import PROGRESS, replacing, write_json
 
 CACHE_VERSION = 1
 SETTINGS = "settings"  # <root>/settings/<digest>.json: every encoding settings keyed under root
@@ -182,6 +182,35 @@ class EncodedCache:
         target.parent.mkdir(parents=True, exist_ok=True)
         with replacing(target) as tmp:  # readers never see half a file
             save_file(tensors, str(tmp))
+
+
+class EncodingProgress:
+    """How far the encoding of the missing pairs is, in <output>/progress.json, so that the
+    studio's pre-encode follows it without reading the log. Rank 0 alone writes: while it
+    runs, `done` is its own count times the processes (their shares are equal and encode at
+    the same pace); `ended`, after the last barrier, writes the exact count."""
+
+    def __init__(self, output: Path, cache: EncodedCache, missing_keys: Sequence[str],
+                 pairs: int, processes: int = 1, writes: bool = True):
+        self.path = Path(output) / PROGRESS
+        self.cache, self.missing, self.pairs = cache, list(missing_keys), pairs
+        self.processes, self.writes, self.own = processes, writes, 0
+        self._write(0)
+
+    def encoded_one(self) -> None:
+        self.own += 1
+        self._write(min(len(self.missing), self.own * self.processes))
+
+    def ended(self) -> None:
+        """The pairs encoded now, every process's (a stop leaves some of them out)."""
+        if self.writes:
+            self._write(sum(self.cache.has(key) for key in self.missing))
+
+    def _write(self, done: int) -> None:
+        if self.writes:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.path, {"phase": "encode", "done": done, "total": len(self.missing),
+                                   "cached": self.pairs - len(self.missing)})
 
 
 def keys_for(caches: Sequence[EncodedCache], pair: Pair) -> list[str]:

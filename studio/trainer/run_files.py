@@ -9,6 +9,8 @@ the job manager, the CLI and the UI read them. No torch here, so readers stay li
     resume.json                         {"state": "states/step-000010"}: the current one,
                                         replaced atomically, so some state is always valid
     error.json                          the trainer's own fatal error, written as it dies
+    progress.json                       {"phase": "encode", "done", "total", "cached"}: how
+                                        far the encoding is (cache.EncodingProgress)
     tensorboard/, mlruns/, wandb/       the --report_to tracker's files (trackers.py)
 
 Files are written beside their place and renamed into it (`replacing`), folders are built
@@ -32,6 +34,7 @@ STATES = "states"
 POINTER = "resume.json"
 STATE = "state.json"
 ERROR = "error.json"
+PROGRESS = "progress.json"
 SAMPLES = "samples"
 TENSORBOARD = "tensorboard"  # --report_to tensorboard's event files
 MLRUNS = "mlruns"            # --report_to mlflow's file store (W&B writes its own wandb/)
@@ -133,6 +136,14 @@ def read_error(output: Path) -> str | None:
     try:
         return json.loads((Path(output) / ERROR).read_text())["error"]
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def read_progress(output: Path) -> dict | None:
+    """The trainer's progress file, or None before it writes one."""
+    try:
+        return json.loads((Path(output) / PROGRESS).read_text())
+    except (OSError, ValueError):
         return None
 
 

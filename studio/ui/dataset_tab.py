@@ -85,7 +85,7 @@ def build(store: Store, project: gr.Dropdown, model: str | None = None, editor=N
     """`model`: the model the encode cache row counts for at first (default: the studio's);
     `editor`: the studio's, whose model, device and savers the instruction writer uses."""
     pairs = store.pairs
-    encoders: dict[str, object] = {}  # project -> its pre-encode's process, reaped when it ends
+    pre_encodes = encode_cache.PreEncodes(store)
 
     def need(name):
         if not name:
@@ -345,18 +345,15 @@ def build(store: Store, project: gr.Dropdown, model: str | None = None, editor=N
     def on_pre_encode(name, model_spec, preset, pixels, resize):
         name = need(name)
         try:
-            encoders[name] = encode_cache.pre_encode(
-                store, name, encoding_options(model_spec, preset, pixels, resize))
+            done = pre_encodes.start(name, encoding_options(model_spec, preset, pixels, resize))
         except (ValueError, OSError) as exc:
             raise user_error(exc)
-        return encode_cache.progress_line(encode_cache.progress(store, name)), gr.Timer(active=True)
+        return encode_cache.progress_line(done), gr.Timer(active=True)
 
     def on_encode_progress(name):
         if not name or store.get_project(name) is None:
             return "", gr.Timer(active=False)
-        if name in encoders and encoders[name].poll() is not None:
-            del encoders[name]
-        done = encode_cache.progress(store, name)
+        done = pre_encodes.progress(name)
         return encode_cache.progress_line(done), gr.Timer(active=done["state"] == "running")
 
     def on_clear(name):
