@@ -19,12 +19,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
 from studio.jobs import launch
 from studio.trainer import process_group, run_files, samples, steplog
-from tests.test_jobs import options, wait_for
+from tests.test_jobs import options, trainer_pids, wait_for
 from tests.trainer_helpers import (FAST, ROOT, add_validation_pairs, env, lora, make_dataset,
                                    max_abs, max_diff)
 
@@ -85,6 +86,16 @@ class Forks:
         ready, _, _ = select.select([self.server.stdout], [], [], timeout)
         assert ready, f"no trainer exit after {timeout} s; its log:\n{self.log.read_text()[-3000:]}"
         return int(self.server.stdout.readline())
+
+    def paused(self, marker: Path, timeout: float = 180) -> int:
+        """Wait until the trainer started last sits at its fault point (it wrote `marker`,
+        STUDIO_FAULT_ACTION=pause); its pid. Fails at once, with its log, if it ended first."""
+        ended = lambda: bool(select.select([self.server.stdout], [], [], 0)[0])  # noqa: E731
+        wait_for(lambda: marker.exists() or ended(), timeout=timeout, what="the trainer's pause",
+                 interval=0.05)
+        assert not ended(), f"it ended before its fault point:\n{self.log.read_text()[-3000:]}"
+        (trainer,) = psutil.Process(self.server.pid).children()
+        return trainer.pid
 
     def run(self, log: Path, argv: list, **extra_env) -> int:
         self.start(log, argv, **extra_env)
@@ -170,8 +181,11 @@ TRAINER_ARGS = launch.trainer_args  # the job manager's, before the test adds th
 
 def test_the_supervisor_killed_inside_a_save_and_the_run_resumed_ends_the_same(
         jobs, demo_model, forks, groups, tmp_path, monkeypatch):
-    """The trainer pauses at a fault point; the supervisor is killed; once the launcher is gone
-    too, the trainer, told by its parent-death signal, goes on and stops as on Stop."""
+    """The trainer pauses at a fault point; the supervisor and the launcher are killed; the
+    trainer, told by its parent-death signal, goes on once the test lets it and stops as on
+    Stop. (SIGKILL to the launcher as well: a launcher that outlives the supervisor relays
+    the stop itself and SIGKILLs the trainer after a grace period, a race with the clock;
+    tests/test_run_liveness.py covers that path.)"""
     # The job manager's runs with the fast trainer flags (the Demo on CPU preset encodes the
     # edit images at 1 MP: seconds a step). Everything else is the real chain.
     monkeypatch.setattr(launch, "trainer_args", lambda *a, **k: [*TRAINER_ARGS(*a, **k), *FAST])
@@ -184,16 +198,19 @@ def test_the_supervisor_killed_inside_a_save_and_the_run_resumed_ends_the_same(
         monkeypatch.setenv("STUDIO_FAULT_AT", at)
         run = jobs.submit("p", opts) if run is None else jobs.resume(run["id"])
         groups.append(run["pid"])  # a failing test leaves no paused trainer behind
-        wait_for(marker.exists, timeout=120, what=f"the trainer at {at}")
+        wait_for(marker.exists, what=f"the trainer at {at}")
+        (trainer,) = trainer_pids(run)
+        os.kill(psutil.Process(trainer).ppid(), signal.SIGKILL)  # the launcher
         os.kill(run["pid"], signal.SIGKILL)
-        wait_for(lambda: len(process_group.members(run["pid"])) == 1, timeout=30,
-                 what="the launcher to die with the supervisor")
-        marker.unlink()
+        wait_for(lambda: process_group.members(run["pid"]) == [trainer],
+                 what="the launcher and the supervisor to die")
+        marker.unlink()  # the trainer goes on, its parent-death SIGTERM pending
+        wait_for(lambda: not process_group.members(run["pid"]), what="the trainer to end")
         assert jobs.wait(run["id"], timeout=60)["status"] == "failed"
     monkeypatch.delenv("STUDIO_FAULT_AT")
     run = jobs.resume(run["id"])
     groups.append(run["pid"])
-    finished = jobs.wait(run["id"], timeout=120)
+    finished = jobs.wait(run["id"], timeout=240)
     assert finished["status"] == "finished", finished["error"]
 
     folder = Path(run["run_dir"])
