@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from studio.jobs.run_folder import LOG as RUN_LOG
 from studio.jobs.launch import TrainOptions
 from studio.jobs.presets import TRAIN_PRESETS
 from studio.jobs.multinode import REPO
+from tests.waiting import wait_for  # noqa: F401 (shared: other test files import it from here)
 
 pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
 
@@ -30,14 +30,12 @@ def options(demo_model, **changes) -> TrainOptions:
                                    "model": str(demo_model), **changes})
 
 
-def wait_for(condition, timeout=180, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+def fault_pause(monkeypatch, marker: Path, at: str, action: str = "pause") -> None:
+    """Runs started from now on wait at fault point `at` (studio/trainer/faults.py) until the
+    test deletes `marker` (pause-until-stop: or until they are asked to stop)."""
+    monkeypatch.setenv("STUDIO_FAULT_AT", at)
+    monkeypatch.setenv("STUDIO_FAULT_ACTION", action)
+    monkeypatch.setenv("STUDIO_FAULT_MARKER", str(marker))
 
 
 def trainer_pids(run) -> list[int]:
@@ -46,8 +44,14 @@ def trainer_pids(run) -> list[int]:
     return [c.pid for c in children if c.cmdline()[1:3] == ["-m", "studio.trainer"]]
 
 
-def test_runs_queue_finish_register_adapters_and_survive_a_studio_restart(jobs, demo_model):
+def test_runs_queue_finish_register_adapters_and_survive_a_studio_restart(
+        jobs, demo_model, monkeypatch, tmp_path):
+    # The first run waits after its step-2 checkpoint until the test lets it go: it is still
+    # running when the second is submitted and when the "restarted" studio looks.
+    marker = tmp_path / "marker"
+    fault_pause(monkeypatch, marker, "after-saved:2")
     first = jobs.submit("p", options(demo_model, max_steps=4, save_steps=2))
+    monkeypatch.delenv("STUDIO_FAULT_AT")  # the second run, started later, goes straight through
     second = jobs.submit("p", options(demo_model, max_steps=4, save_steps=2))
     assert first["status"] == "running" and second["status"] == "queued"  # both want the CPU
     assert "accelerate.commands.launch" in first["command"] and "-m studio.trainer" in first["command"]
@@ -56,7 +60,9 @@ def test_runs_queue_finish_register_adapters_and_survive_a_studio_restart(jobs, 
     # reattached (still running), and its end is learnt from the supervisor's exit file.
     restarted = JobManager(Store(jobs.store.root))
     assert restarted.runs.get(first["id"])["status"] == "running"
+    wait_for(marker.exists, what="the first run at its step-2 checkpoint")
     assert restarted.reconcile_one(restarted.runs.get(first["id"]))["status"] == "running"
+    marker.unlink()
     done = restarted.wait(first["id"], timeout=240)
     assert done["status"] == "finished" and done["exit_code"] == 0
     snap = restarted.snapshot(first["id"])
@@ -81,30 +87,40 @@ def test_runs_queue_finish_register_adapters_and_survive_a_studio_restart(jobs, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_stop_saves_a_checkpoint_and_resume_finishes_the_same_run(jobs, demo_model):
-    run = jobs.submit("p", options(demo_model, max_steps=400, save_steps=1000))
+def test_stop_saves_a_checkpoint_and_resume_finishes_the_same_run(jobs, demo_model, monkeypatch,
+                                                                  tmp_path):
+    # Each Stop lands while the trainer waits after a checkpoint's validation loss; the
+    # signal itself ends the wait, and the trainer stops after one step more.
+    marker = tmp_path / "marker"
+    fault_pause(monkeypatch, marker, "validation:2", "pause-until-stop")
+    run = jobs.submit("p", options(demo_model, max_steps=8, save_steps=2, sample_steps=0))
     output = Path(run["run_dir"]) / "output"
-    wait_for(lambda: jobs.snapshot(run["id"])["step"] >= 2, what="two steps")
+    wait_for(marker.exists, what="the trainer after step 2")
     assert jobs.stop(run["id"])["status"] == "stopping"
     stopped = jobs.wait(run["id"], timeout=120)
     assert stopped["status"] == "stopped", stopped["error"]
     state = json.loads((run_files.current_state(output) / run_files.STATE).read_text())
-    assert state["step"] >= 2
-    at_stop = state["step"]
+    assert state["step"] == 3
+    assert (output / "step-000003.safetensors").is_file()
 
+    marker.unlink()
+    fault_pause(monkeypatch, marker, "validation:6", "pause-until-stop")
     resumed = jobs.resume(run["id"])
     assert resumed["status"] == "running"
-    wait_for(lambda: jobs.snapshot(run["id"])["step"] > at_stop + 1, what="steps after resume")
+    wait_for(marker.exists, what="the resumed trainer after step 6")
     jobs.stop(run["id"])
-    jobs.wait(run["id"], timeout=120)
+    assert jobs.wait(run["id"], timeout=120)["status"] == "stopped"
     metrics = jobs.snapshot(run["id"])["metrics"]
-    assert [m["step"] for m in metrics] == list(range(1, len(metrics) + 1))  # no gap, no repeat
-    assert "resumed at step" in (Path(run["run_dir"]) / "train.log").read_text()
+    assert [m["step"] for m in metrics] == list(range(1, 8))  # no gap, no repeat
+    assert "resumed at step 3" in (Path(run["run_dir"]) / "train.log").read_text()
 
 
-def test_a_killed_trainer_marks_the_run_failed_with_its_last_lines(jobs, demo_model):
-    run = jobs.submit("p", options(demo_model, max_steps=400, save_steps=1000))
-    wait_for(lambda: jobs.snapshot(run["id"])["step"] >= 1, what="a first step")
+def test_a_killed_trainer_marks_the_run_failed_with_its_last_lines(jobs, demo_model, monkeypatch,
+                                                                  tmp_path):
+    marker = tmp_path / "marker"
+    fault_pause(monkeypatch, marker, "after-saved:2")  # killed there, while it waits
+    run = jobs.submit("p", options(demo_model, max_steps=8, save_steps=2, sample_steps=0))
+    wait_for(marker.exists, what="the trainer after step 2")
     pids = trainer_pids(jobs.runs.get(run["id"]))
     assert pids
     for pid in pids:
@@ -218,7 +234,7 @@ def test_the_manager_settles_runs_in_the_background(jobs):
     run = ended_run(jobs, 0, final=True)
     reconciler = jobs.start_reconciler(every=0.1)
     assert jobs.start_reconciler() is reconciler  # one per manager
-    wait_for(lambda: jobs.runs.get(run["id"])["status"] == "finished", timeout=10,
+    wait_for(lambda: jobs.runs.get(run["id"])["status"] == "finished", timeout=60,
              what="the background reconcile")  # read from the store alone, no reconcile
     jobs.stop_reconciler()
     assert not reconciler.is_alive()

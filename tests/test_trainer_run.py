@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from studio.trainer import run_files
 from tests.conftest import make_image
 from tests.trainer_helpers import (ROOT, env, lora, make_dataset, max_abs, max_diff, run_trainer,
                                    trainer_cmd)
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
 
@@ -119,29 +119,35 @@ def test_two_process_deepspeed_zero2_matches_one_process(baseline, demo_model, d
     assert (run_files.current_state(out) / "deepspeed").is_dir()
 
 
-def stop_after_first_step(demo_model, dataset, out, *args, steps=STEPS) -> tuple[int, str]:
-    """Run the trainer, SIGTERM it once a step is logged; returns (saved step, stderr)."""
-    proc = subprocess.Popen(trainer_cmd(demo_model, dataset, out, *args), cwd=ROOT, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metrics = out / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and metrics.read_text().count("\n") >= 1:
+def stop_after_checkpoint(demo_model, dataset, out, *args, checkpoint: int) -> str:
+    """Run the trainer and SIGTERM it while it waits after checkpoint `checkpoint`'s save (a
+    fault point that the signal ends): it stops one step later, with a save there. Returns
+    its stderr."""
+    marker, log = out.with_name(f"{out.name}.marker"), out.with_name(f"{out.name}.stderr")
+    with log.open("w") as stderr:  # a file, not an unread pipe that could fill and block it
+        proc = subprocess.Popen(
+            trainer_cmd(demo_model, dataset, out, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
+            stderr=stderr, env=env(STUDIO_FAULT_AT=f"after-saved:{checkpoint}",
+                                   STUDIO_FAULT_ACTION="pause-until-stop",
+                                   STUDIO_FAULT_MARKER=str(marker)))
+        try:
+            wait_for(lambda: marker.exists() or proc.poll() is not None,
+                     what=f"the trainer after checkpoint {checkpoint}")
             proc.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.02)
-    stderr = proc.communicate(timeout=120)[1]
-    assert proc.returncode == 0, stderr[-3000:]
+            proc.wait(timeout=240)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, log.read_text()[-3000:]
     stopped_at = json.loads((run_files.current_state(out) / "state.json").read_text())["step"]
-    assert 1 <= stopped_at < steps, "the signal came too late to test a resume"
-    return stopped_at, stderr
+    assert stopped_at == checkpoint + 1
+    return log.read_text()
 
 
 def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(baseline, demo_model, dataset, tmp_path):
     out = tmp_path / "stopped"
-    stopped_at, stderr = stop_after_first_step(demo_model, dataset, out, *BASE_ARGS)
-    assert "stopped by SIGTERM" in stderr
-    assert (out / f"step-{stopped_at:06d}.safetensors").is_file()
+    stderr = stop_after_checkpoint(demo_model, dataset, out, *BASE_ARGS, checkpoint=3)
+    assert "stopped by SIGTERM after step 4" in stderr
+    assert (out / "step-000004.safetensors").is_file()
 
     run_trainer(demo_model, dataset, out, *BASE_ARGS, "--resume")
     assert [r["step"] for r in read_metrics(out)] == list(range(1, STEPS + 1))
@@ -253,7 +259,8 @@ def test_cosine_schedule_with_warm_up(demo_model, dataset, tmp_path):
 
     # Stopped and resumed, the schedule goes on where it was: the same lrs, the same LoRA.
     args = ["--max_steps", 6, "--lr_scheduler", "cosine", "--lr_warmup_steps", 2]
-    stop_after_first_step(demo_model, dataset, tmp_path / "stopped", *args, steps=6)
+    # No --save_steps: a checkpoint at each epoch's end, step 4 (4 pairs, batch 1).
+    stop_after_checkpoint(demo_model, dataset, tmp_path / "stopped", *args, checkpoint=4)
     run_trainer(demo_model, dataset, tmp_path / "stopped", *args, "--resume")
     assert [r["lr"] for r in read_metrics(tmp_path / "stopped")] == pytest.approx(lrs)
     a, b = lora(tmp_path / "stopped" / "final.safetensors"), lora(tmp_path / "cos" / "final.safetensors")
@@ -284,7 +291,7 @@ def test_validation_loss_falls_leaves_training_untouched_and_survives_a_resume(d
 
     # Stopped and resumed: the baseline once, each checkpoint once.
     short = ["--max_steps", 6, "--save_steps", 3, "--sample_steps", 0]
-    stop_after_first_step(demo_model, data, tmp_path / "resumed", *short, steps=6)
+    stop_after_checkpoint(demo_model, data, tmp_path / "resumed", *short, checkpoint=3)
     run_trainer(demo_model, data, tmp_path / "resumed", *short, "--resume")
     steps = [json.loads(line)["step"] for line in
              (tmp_path / "resumed" / "validation.jsonl").read_text().splitlines()]
