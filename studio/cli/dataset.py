@@ -20,7 +20,7 @@ from ..dataset.validate import validate_project
 from ..engine.instruction_writer import DEFAULT_MAX_WORDS, INSTRUCTION_PROMPT
 from ..engine.models import resolve_model
 from ..engine.savers import Savers
-from ..jobs import encode_cache
+from ..jobs import encode_cache, planning
 from ..jobs.instruction_writing import InstructionJob, WriteRequest
 from ..jobs.presets import TRAIN_PRESETS
 from .project import open_store
@@ -400,13 +400,13 @@ def run_cache(args) -> int:
         print(f"removed {pruned['removed']} entries no pair uses ({pruned['bytes'] / 2**20:.1f} MB); "
               f"kept {pruned['kept']}")
     elif args.clear:
-        model = encode_cache.model_folder(store, args.model) if args.model else None
+        model = planning.model_folder(store, args.model) if args.model else None
         freed = encode_cache.clear(store, args.project, model)
         print(f"cleared the encode cache of {args.project}"
               + (f" for {args.model}" if args.model else "") + f": {freed / 2**20:.1f} MB freed")
     else:
         opts = _encoding_options(args)
         counted = encode_cache.status(store, args.project,
-                                      encode_cache.model_folder(store, opts.model), opts)
+                                      planning.model_folder(store, opts.model), opts)
         print(encode_cache.status_line(counted, opts.model))
     return 0

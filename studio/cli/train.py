@@ -7,6 +7,7 @@ import time
 
 from tqdm import tqdm
 
+from ..jobs import planning, results
 from ..jobs.manager import JobManager
 from ..jobs.launch import TrainOptions
 from ..jobs.presets import DEMO, TRAIN_PRESETS
@@ -110,13 +111,13 @@ def follow(jobs: JobManager, run_id: int) -> int:
 def show_plan(args) -> int:
     jobs = manager(args)
     if args.plan_presets:
-        planned, rows = jobs.preset_plans(options(args).model)
+        planned, rows = planning.preset_plans(jobs.store, options(args).model)
         print(f"every preset on {planned}:")
         for row in rows:
             print(f"  {row['preset']}: {row['per device']} per device, {row['host per node']} "
                   f"host; {row['savers']}; {row['verdict']}")
         return 0
-    planned = jobs.memory_plan(options(args))
+    planned = planning.memory_plan(jobs.store, options(args))
     print(planned.text())
     return 0 if planned.verdict is None or planned.verdict.fits else 1
 
@@ -164,7 +165,7 @@ def list_runs(args) -> int:
 def show_run(args) -> int:
     jobs = manager(args)
     snap = jobs.snapshot(args.id)
-    board = jobs.scoreboard(args.id)
+    board = results.scoreboard_rows(jobs.store, args.id)
     row = {**summary(jobs, snap), "log": snap["log"], "scoreboard": board,
            "best": {m: scoreboard.best(board, m) for m in scoreboard.CHOICES}}
     if args.json:

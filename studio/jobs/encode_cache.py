@@ -30,7 +30,7 @@ from ..trainer import process_group, run_files
 from ..trainer.accelerate_config import write_config
 from ..trainer.cache import CACHE_VERSION, EncodedCache, entry_files, keys_for, model_fingerprint
 from ..trainer.data import Pair
-from . import launch, launchers, monitor, run_folder
+from . import launch, launchers, monitor, planning, run_folder
 from .launch import TrainOptions
 
 JOB = "encode_job"
@@ -43,13 +43,6 @@ def cache_dir(store: Store, project: str) -> Path:
 
 def job_dir(store: Store, project: str) -> Path:
     return store.project_dir(project) / JOB
-
-
-def model_folder(store: Store, spec: str) -> Path:
-    """A model folder, or the studio's demo model (built on first use), as runs get it."""
-    from ..engine.models import resolve_model
-
-    return resolve_model(spec or "demo", store.root)
 
 
 # -- keying the project's pairs ----------------------------------------------------------
@@ -171,7 +164,7 @@ def pre_encode(store: Store, project: str, opts: TrainOptions) -> subprocess.Pop
         raise ValueError(f"project {project!r} is already being encoded")
     from ..dataset.export import export_dataset
 
-    model = model_folder(store, opts.model)
+    model = planning.model_folder(store, opts.model)
     model_fingerprint(model)  # first: fails on a folder that is no model
     opts = _encoding_options(opts, model)
     job = job_dir(store, project)

@@ -5,6 +5,8 @@ status from their processes and files (status.py), registers their checkpoints a
 and reads their progress (monitor.py). The store row is what the UI and CLI show;
 `reconcile()` brings it in line with the processes, so a studio restart or a killed trainer
 never leaves a run "running" or "stopping" forever. A run's folder: run_folder.py.
+What a run would be before it is queued (its launch, its memory plan) is planning.py; what
+a run's checkpoints scored, results.py: neither needs the processes or the lock.
 """
 from __future__ import annotations
 
@@ -19,25 +21,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from ..engine.adapters import resolve_adapter
 from ..store import Store, now
 from ..store.runs import ACTIVE
-from ..trainer import run_files, scoreboard
+from ..trainer import run_files
 from ..trainer.accelerate_config import write_config
 from ..trainer.args import check_args
-from ..trainer.lora_io import check_compatible
-from . import launch, launchers, memory, monitor, multinode, run_folder, status
+from . import launch, launchers, memory, monitor, multinode, planning, run_folder, status
 from .launch import TrainOptions
 from .sources import trainer_source_args
 
 RECONCILE_EVERY = 3.0  # seconds between the app's background reconciles
 
 log = logging.getLogger(__name__)
-
-
-def absolute(path: str) -> str:
-    """A user's file path as the trainer, started in another working directory, must see it."""
-    return str(Path(path).expanduser().resolve()) if path.strip() else ""
 
 
 def _iso(epoch: float) -> str:
@@ -56,22 +51,8 @@ class JobManager:
         self._reconciler: threading.Thread | None = None
         self._stop_reconciling = threading.Event()
 
-    # -- planning -------------------------------------------------------------
     def run_dir(self, project: str, run_id: int) -> Path:
         return self.store.project_dir(project) / "runs" / str(run_id)
-
-    def preview(self, opts: TrainOptions, run_dir: Path | None = None) -> dict:
-        """The exact command, environment and accelerate config a run would use."""
-        run_dir = run_dir or Path("<run folder>")
-        opts = self._start_lora(opts)
-        config = launch.accelerate_config(opts)
-        cache = run_folder.encode_cache(run_dir) if run_dir.is_absolute() else \
-            Path("<project>") / run_folder.ENCODE_CACHE
-        command = launch.launch_command(opts, run_folder.config(run_dir), run_folder.dataset(run_dir),
-                                        run_folder.output(run_dir), cache_dir=cache)
-        env = launch.launch_env(opts)
-        return {"command": command, "env": env, "accelerate_config": config,
-                "shell": launch.shell_line(command, env)}
 
     # -- lifecycle ------------------------------------------------------------
     def submit(self, project: str, opts: TrainOptions, name: str | None = None) -> dict:
@@ -83,8 +64,10 @@ class JobManager:
         check_args(launch.trainer_args(opts, Path(run_folder.DATASET), Path(run_folder.OUTPUT),
                                        resume=False))
         source = trainer_source_args(self.store, project) or []
-        opts = dataclasses.replace(self._start_lora(opts), model=str(self.model_folder(opts.model)),
-                                   source_args=source, sample_lora=absolute(opts.sample_lora))
+        opts = dataclasses.replace(planning.start_lora(self.store, opts),
+                                   model=str(planning.model_folder(self.store, opts.model)),
+                                   sample_lora=planning.absolute(opts.sample_lora),
+                                   source_args=source)
         if not source and not self.store.pairs.count(project):
             raise ValueError(f"project {project!r} has no pairs to train on; add some in the "
                              f"Dataset tab, or attach a parquet source (studio dataset attach)")
@@ -105,46 +88,6 @@ class JobManager:
         run = self.runs.update(run["id"], run_dir=str(self.run_dir(project, run["id"])))
         self.dispatch()
         return self.runs.get(run["id"])
-
-    def model_folder(self, spec: str) -> Path:
-        """The demo model is the studio's own, wherever this projects folder is. A path is made
-        absolute here: the trainer starts in another working directory."""
-        if spec != "demo":
-            return Path(spec).expanduser().resolve()
-        from ..engine.models import resolve_model
-
-        return resolve_model("demo", self.store.root)
-
-    def sampler_defaults(self, spec: str) -> dict:
-        """The model card's steps and true CFG for this model folder."""
-        from ..engine.model_folder import inspect_model_folder
-
-        return inspect_model_folder(self.model_folder(spec)).sampler_defaults
-
-    def memory_plan(self, opts: TrainOptions) -> memory.RunPlan:
-        return memory.run_plan(opts, self.model_folder(opts.model))
-
-    def preset_plans(self, model: str) -> tuple[str, list[dict]]:
-        """Every preset's plan on its card; for the demo model, on the real model's shapes
-        (what the presets are sized for). Returns (the model planned, rows)."""
-        folder = self.model_folder(model)
-        if model == "demo":
-            from ..engine.memory.shapes import shapes_folder
-
-            folder = shapes_folder(self.store.root / "_models" / "qwen-image-edit-shapes")
-            return "Qwen-Image-Edit (its shapes; the demo model is tiny)", memory.preset_rows(folder)
-        return str(folder), memory.preset_rows(folder)
-
-    def _start_lora(self, opts: TrainOptions) -> TrainOptions:
-        """The LoRA to start from: an adapter id becomes its file, which must fit the run."""
-        if not opts.lora_checkpoint.strip():
-            return opts
-        try:
-            ref = resolve_adapter(opts.lora_checkpoint, self.store.get_adapter)
-        except FileNotFoundError as exc:
-            raise ValueError(f"LoRA to start from: {exc}") from None
-        check_compatible(ref.path, opts.lora_rank, opts.lora_target_modules)
-        return dataclasses.replace(opts, lora_checkpoint=absolute(str(ref.path)))
 
     def dispatch(self) -> list[int]:
         """Start queued runs, oldest first, whose devices no active run holds."""
@@ -322,24 +265,6 @@ class JobManager:
                                        run_id=run["id"], step=step)
 
     # -- monitoring -----------------------------------------------------------------
-    def scoreboard(self, run_id: int) -> list[dict]:
-        """The run's checkpoints scored on its validation pairs (trainer/scoreboard.py)."""
-        run = self.runs.require(run_id)
-        return scoreboard.table(run_folder.output(Path(run["run_dir"])))
-
-    def best_adapters(self, run_id: int, metric: str) -> list[dict]:
-        """The adapters of the best checkpoint by `metric` and its neighbours, in step order."""
-        run = self.runs.require(run_id)
-        steps = scoreboard.around_best(self.scoreboard(run_id), metric)
-        if not steps:
-            raise ValueError(f"no checkpoint of run {run_id} has a {scoreboard.LABELS[metric]} yet")
-        project = self.runs.project_name(run)
-        adapters = {r["step"]: r for r in self.store.run_checkpoints(project).get(run_id, [])}
-        missing = [s for s in steps if s not in adapters]
-        if missing:
-            raise ValueError(f"step {missing[0]} of run {run_id} has no adapter (its file was removed?)")
-        return [adapters[s] for s in steps]
-
     def snapshot(self, run_id: int) -> dict:
         """Everything a monitor shows, of the run as it is now (reconciled first)."""
         return monitor.progress(self.reconcile_one(self.runs.require(run_id)))

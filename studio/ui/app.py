@@ -61,7 +61,7 @@ def build_app(store: Store, editor: Editor, jobs: JobManager) -> gr.Blocks:
                 loaders.append((adapters, adapters_tab.build(store, project, str(editor.info.path))))
 
         def use_in_compare(run_id, metric):
-            return gr.Dropdown(value=scoreboard_panel.compare_picks(jobs, run_id, metric))
+            return gr.Dropdown(value=scoreboard_panel.compare_picks(store, run_id, metric))
 
         train_parts.use_in_compare.click(
             use_in_compare, [train_parts.run_pick, train_parts.metric], compare_columns,

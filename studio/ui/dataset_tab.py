@@ -18,7 +18,7 @@ from ..dataset.synthetic_pairs import add_synthetic_pairs
 from ..dataset.split import hold_out, parse_count
 from ..dataset.validate import validate_project
 from ..engine.models import MODEL_ENV
-from ..jobs import encode_cache
+from ..jobs import encode_cache, planning
 from ..jobs.presets import TRAIN_PRESETS
 from ..store import Store
 from . import instruction_review, source_panel
@@ -337,7 +337,7 @@ def build(store: Store, project: gr.Dropdown, model: str | None = None, editor=N
         name = need(name)
         opts = encoding_options(model_spec, preset, pixels, resize)
         try:
-            folder = encode_cache.model_folder(store, opts.model)
+            folder = planning.model_folder(store, opts.model)
             return encode_cache.status_line(encode_cache.status(store, name, folder, opts), opts.model)
         except (ValueError, OSError) as exc:
             raise user_error(exc)

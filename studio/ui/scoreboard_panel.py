@@ -7,6 +7,7 @@ import pandas as pd
 
 from ..engine.compare import BASE
 from ..engine.presets import SAMPLER_PRESETS
+from ..jobs import planning, results
 from ..jobs.launch import TrainOptions
 from ..trainer import scoreboard
 from .common import user_error
@@ -59,7 +60,7 @@ PREVIEW_NOTE = ("Cheap previews (the default) are quick, but they are not what a
                 "will ship with; the scoreboard records which settings scored.")
 
 
-def preview_controls(jobs, model: gr.Textbox, steps: gr.Number, cfg: gr.Number) -> None:
+def preview_controls(store, model: gr.Textbox, steps: gr.Number, cfg: gr.Number) -> None:
     """"Previews like": fills the sample steps and CFG fields from a choice."""
     default = TrainOptions()
     cheap = CHEAP.format(steps=default.sample_inference_steps)
@@ -71,7 +72,7 @@ def preview_controls(jobs, model: gr.Textbox, steps: gr.Number, cfg: gr.Number) 
     def on_choice(name, model_spec):
         if name == CARD:
             try:
-                settings = jobs.sampler_defaults(model_spec or "demo")
+                settings = planning.sampler_defaults(store, model_spec or "demo")
             except (ValueError, OSError) as exc:
                 raise user_error(exc)
         else:
@@ -82,7 +83,7 @@ def preview_controls(jobs, model: gr.Textbox, steps: gr.Number, cfg: gr.Number) 
     choice.input(on_choice, [choice, model], [steps, cfg], api_name="train_preview_like")
 
 
-def build(jobs, run_pick: gr.Dropdown, timer: gr.Timer) -> tuple[gr.Button, gr.Dropdown]:
+def build(store, run_pick: gr.Dropdown, timer: gr.Timer) -> tuple[gr.Button, gr.Dropdown]:
     """The panel; returns its "Use in Compare" button and metric picker, which the app wires
     to the Compare tab with `compare_picks`."""
     with gr.Accordion("Scoreboard: edit quality per checkpoint", open=True):
@@ -99,7 +100,7 @@ def build(jobs, run_pick: gr.Dropdown, timer: gr.Timer) -> tuple[gr.Button, gr.D
         if not run_id:
             return "", None, None
         try:
-            rows = jobs.scoreboard(int(run_id))
+            rows = results.scoreboard_rows(store, int(run_id))
         except KeyError:
             return "", None, None
         return summary(rows, chosen), frame(rows, chosen), curve(rows, chosen)
@@ -111,11 +112,11 @@ def build(jobs, run_pick: gr.Dropdown, timer: gr.Timer) -> tuple[gr.Button, gr.D
     return use, metric
 
 
-def compare_picks(jobs, run_id, metric: str) -> list[str]:
+def compare_picks(store, run_id, metric: str) -> list[str]:
     """The Compare columns: base, then the best checkpoint's adapter and its neighbours'."""
     if not run_id:
         raise gr.Error("Choose a run first.")
     try:
-        return [BASE, *(str(a["id"]) for a in jobs.best_adapters(int(run_id), metric))]
+        return [BASE, *(str(a["id"]) for a in results.best_adapters(store, int(run_id), metric))]
     except (KeyError, ValueError) as exc:
         raise user_error(exc)

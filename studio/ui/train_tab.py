@@ -7,6 +7,7 @@ from typing import NamedTuple
 import gradio as gr
 import pandas as pd
 
+from ..jobs import planning
 from ..jobs.manager import JobManager
 from ..jobs.presets import DEMO, TRAIN_PRESETS
 from . import recipe_panel, scoreboard_panel
@@ -67,7 +68,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str) -> Tra
                 with gr.Accordion(section, open=False):
                     fields += [widget(opt, next(initial)) for opt in options]
                     if section == SAMPLES:
-                        scoreboard_panel.preview_controls(jobs, model, *(
+                        scoreboard_panel.preview_controls(store, model, *(
                             fields[NAMES.index(f)]
                             for f in ("sample_inference_steps", "sample_true_cfg_scale")))
                     if section == DEVICES:
@@ -100,7 +101,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str) -> Tra
             log = gr.Textbox(label="Last log lines", lines=12, max_lines=20, autoscroll=True)
             gallery = gr.Gallery(label="Sample edits at the latest checkpoint (source | target | "
                                        "output)", columns=3, height="auto", elem_id="train-samples")
-            use_in_compare = scoreboard_panel.build(jobs, run_pick, timer := gr.Timer(2.0))
+            use_in_compare = scoreboard_panel.build(store, run_pick, timer := gr.Timer(2.0))
             files = gr.File(label="LoRA files of this run (newest first; ComfyUI, diffusers and "
                                   "DiffSynth load them)", file_count="multiple", interactive=False,
                             elem_id="train-files")
@@ -114,7 +115,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str) -> Tra
 
     def on_preview(project_name, model, env_text, *values):
         try:
-            preview = jobs.preview(options_from(model, env_text, values))
+            preview = planning.launch_preview(store, options_from(model, env_text, values))
         except (ValueError, KeyError) as exc:
             raise user_error(exc)
         config = json.dumps(preview["accelerate_config"], indent=2)
@@ -127,14 +128,14 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str) -> Tra
 
     def on_plan(project_name, model, env_text, *values):
         try:
-            planned = jobs.memory_plan(options_from(model, env_text, values))
+            planned = planning.memory_plan(store, options_from(model, env_text, values))
         except (ValueError, KeyError, OSError) as exc:
             raise user_error(exc)
         return "```\n" + planned.text() + "\n```"
 
     def on_preset_plans(model):
         try:
-            planned, rows = jobs.preset_plans(model or "demo")
+            planned, rows = planning.preset_plans(store, model or "demo")
         except (ValueError, KeyError, OSError) as exc:
             raise user_error(exc)
         return gr.Dataframe(pd.DataFrame(rows), visible=True, label=f"Every preset on {planned}")
