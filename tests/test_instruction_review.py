@@ -1,9 +1,12 @@
 """The Dataset tab's instruction writer, driven through its handlers as the page calls them."""
+import time
+
 import gradio as gr
 import numpy as np
 import pytest
 
 from studio.dataset import importers
+from studio.jobs.instruction_writing import InstructionJobs
 from studio.store import Store
 from studio.ui import dataset_tab, instruction_review as review
 from tests.conftest import make_image
@@ -26,12 +29,17 @@ def store(tmp_path):
 def test_write_review_and_apply_through_the_panel(store, demo_model):
     note = review.model_note(store, str(demo_model), "")
     assert "own text encoder" in note and "nonsense" in note  # the UI says so, as for edits
-    running = {}
-    started = review.start(store, running, "p", str(demo_model), "", "missing", "",
+    jobs = InstructionJobs()
+    started = review.start(store, jobs, "p", str(demo_model), "", "missing", "",
                            review.INSTRUCTION_PROMPT, 6, {"device": "cpu"})
     assert "2 pair(s)" in started
-    running["p"].thread.join(timeout=120)
-    bar, alive = review.progress(store, "p")
+    with pytest.raises(gr.Error, match="already being written"):  # its model is still loading
+        review.start(store, jobs, "p", str(demo_model), "", "missing", "",
+                     review.INSTRUCTION_PROMPT, 6, {"device": "cpu"})
+    deadline = time.monotonic() + 120
+    while review.progress(store, "p", jobs)[1] and time.monotonic() < deadline:
+        time.sleep(0.2)  # as the page polls
+    bar, alive = review.progress(store, "p", jobs)
     assert not alive and "2 / 2 pairs · finished · 2 pending review" in bar and "<progress" in bar
 
     rows = review.pending_rows(store, "p")
@@ -47,12 +55,12 @@ def test_write_review_and_apply_through_the_panel(store, demo_model):
     assert "1 rejected" in review.decide(store, "p", first[0], first[4], "reject", False)
     assert review.show(store, "p", None)[-1] == "No proposals waiting for review."
     assert "back to ''" in review.undo(store, "p", store.pairs.find("p", "pair1")["id"])
-    assert "Nothing is being written" in review.cancel(running, "p")
+    assert "Nothing is being written" in review.cancel(jobs, "p")
 
 
 def test_a_run_no_thread_here_runs_is_shown_as_such_and_not_polled(store):
     store.proposals.start_job("p", "some model", "prompt", 5, "missing", 3)  # a crash left it
-    bar, alive = review.progress(store, "p", {})
+    bar, alive = review.progress(store, "p", InstructionJobs())
     assert "running elsewhere (a CLI run) or interrupted" in bar and not alive
 
 
@@ -60,15 +68,15 @@ def test_the_panel_refuses_clearly(store, demo_model, tmp_path):
     headless = headless_copy(demo_model, tmp_path / "headless")
     assert "no lm_head" in review.model_note(store, str(headless), "")
     with pytest.raises(gr.Error, match="Qwen2.5-VL-7B-Instruct"):
-        review.start(store, {}, "p", str(headless), "", "missing", "", "", 6, {})
+        review.start(store, InstructionJobs(), "p", str(headless), "", "missing", "", "", 6, {})
     with pytest.raises(gr.Error, match="give a search text"):
-        review.start(store, {}, "p", str(demo_model), "", "search", "", "", 6, {})
+        review.start(store, InstructionJobs(), "p", str(demo_model), "", "search", "", "", 6, {})
     for pair in store.pairs.iterate("p"):
         store.pairs.set_instructions([(pair["id"], "x y z", [])])
     with pytest.raises(gr.Error, match="No pairs to write for"):
-        review.start(store, {}, "p", str(demo_model), "", "missing", "", "", 6, {})
+        review.start(store, InstructionJobs(), "p", str(demo_model), "", "missing", "", "", 6, {})
     with pytest.raises(gr.Error, match="only use"):
-        review.start(store, {}, "p", str(demo_model), "", "all", "", "{nope}", 6, {})
+        review.start(store, InstructionJobs(), "p", str(demo_model), "", "all", "", "{nope}", 6, {})
 
 
 def test_the_browser_shows_a_difference_view_per_pair(store):

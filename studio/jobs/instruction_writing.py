@@ -1,9 +1,9 @@
 """Writing instruction proposals for many pairs in the background, with progress and cancel.
 
-The Dataset tab runs a job in a thread and polls its row; the CLI runs it in the foreground
-(Ctrl-C cancels). Each proposal is stored as soon as it is written, so a cancel, a crash or
-a failing pair loses none of those before it. A pair whose images cannot be read, or whose
-generation is empty, is named in the run's notes and skipped.
+The Dataset tab runs a job in a thread (InstructionJobs keeps the app's) and polls its row;
+the CLI runs it in the foreground (Ctrl-C cancels). Each proposal is stored as soon as it is
+written, so a cancel, a crash or a failing pair loses none of those before it. A pair whose
+images cannot be read, or whose generation is empty, is named in the run's notes and skipped.
 """
 from __future__ import annotations
 
@@ -65,6 +65,10 @@ class InstructionJob:
     def cancel(self) -> None:
         self.cancelled.set()
 
+    def alive(self) -> bool:
+        """Whether its thread still writes."""
+        return self.thread is not None and self.thread.is_alive()
+
     def _open(self) -> None:
         r = self.request
         self.job_id = self.store.proposals.start_job(
@@ -116,6 +120,41 @@ class InstructionJob:
             return f"{pair['sample_id']}: the model generated no text; no proposal"
         self.store.proposals.add(project, self.job_id, pair_id, text)
         return None
+
+
+class InstructionJobs:
+    """The jobs this app writes in threads (the Dataset tab's), one per project at a time."""
+
+    def __init__(self):
+        self._jobs: dict[str, InstructionJob] = {}
+        self._lock = threading.Lock()
+
+    def start(self, job: InstructionJob) -> None:
+        project = job.request.project
+        with self._lock:  # two clicks at once must not start two writers
+            if self.running(project):
+                raise ValueError("Instructions are already being written for this project; "
+                                 "cancel first.")
+            job.start()
+            self._jobs[project] = job
+
+    def running(self, project: str) -> InstructionJob | None:
+        """The project's job if its thread still writes."""
+        job = self._jobs.get(project)
+        return job if job is not None and job.alive() else None
+
+    def writes(self, project: str, job_id: int) -> bool:
+        """Whether this app's thread writes the stored job `job_id` (a job marked running that
+        none here writes is a CLI's, or one a crash interrupted)."""
+        job = self.running(project)
+        return job is not None and job.job_id == job_id
+
+    def cancel(self, project: str) -> bool:
+        """Ask the project's job to stop after the pair in hand; False if none writes."""
+        job = self.running(project)
+        if job is not None:
+            job.cancel()
+        return job is not None
 
 
 def _read(path) -> Image.Image:

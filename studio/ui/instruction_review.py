@@ -16,7 +16,7 @@ from ..dataset.difference import difference_view
 from ..engine.instruction_writer import (DEFAULT_MAX_WORDS, INSTRUCTION_PROMPT, VLFolderError,
                                          choose_vl_model)
 from ..engine.models import resolve_model
-from ..jobs.instruction_writing import InstructionJob, WriteRequest
+from ..jobs.instruction_writing import InstructionJob, InstructionJobs, WriteRequest
 from ..paths import demo_model_dir
 from ..store import Store
 from .common import user_error
@@ -42,11 +42,9 @@ def model_note(store: Store, model: str, vl_model: str | None) -> str:
     return f"Writes with {vl.label}." + (f"\n\n{DEMO_NOTE}" if vl.is_demo else "")
 
 
-def start(store: Store, running: dict, name: str, model: str | None, vl_model: str,
+def start(store: Store, jobs: InstructionJobs, name: str, model: str | None, vl_model: str,
           scope: str, search: str, prompt: str, max_words, engine: dict) -> str:
-    """Start a background run for project `name`; `running` holds each project's job."""
-    if name in running and running[name].thread and running[name].thread.is_alive():
-        raise gr.Error("Instructions are already being written for this project; cancel first.")
+    """Start a background run for project `name` among this app's `jobs`."""
     request = WriteRequest(name, model=str(resolve_model(model, store.root)), vl_model=(vl_model or "").strip() or None,
                            scope=scope, search=search or None, prompt=prompt or INSTRUCTION_PROMPT,
                            max_words=int(max_words or DEFAULT_MAX_WORDS),
@@ -58,22 +56,23 @@ def start(store: Store, running: dict, name: str, model: str | None, vl_model: s
     if not job.pair_ids:
         raise gr.Error("No pairs to write for: every pair has an instruction (choose all pairs "
                        "or a search).")
-    job.start()
-    running[name] = job
+    try:
+        jobs.start(job)
+    except ValueError as exc:  # one is already being written for the project
+        raise user_error(exc)
     return f"Started: {len(job.pair_ids)} pair(s) with {job.vl.label}."
 
 
-def progress(store: Store, name: str | None, running: dict | None = None) -> tuple[str, bool]:
-    """(the latest run's progress bar as HTML, whether this app is still running it). A run
-    marked running that no thread here runs is a CLI's, or one a crash interrupted."""
+def progress(store: Store, name: str | None,
+             jobs: InstructionJobs | None = None) -> tuple[str, bool]:
+    """(the latest run's progress bar as HTML, whether this app is still running it); without
+    `jobs`, the stored row is trusted."""
     if not name or store.get_project(name) is None:
         return "", False
     job = store.proposals.latest_job(name)
     if job is None:
         return "No instructions written yet.", False
-    ours = running is None or (name in running and running[name].job_id == job["id"]
-                               and running[name].thread is not None
-                               and running[name].thread.is_alive())
+    ours = jobs is None or jobs.writes(name, job["id"])
     status = job["status"] if ours or job["status"] != "running" else \
         "running elsewhere (a CLI run) or interrupted"
     bar = f"<progress value='{job['done']}' max='{max(1, job['total'])}'></progress>"
@@ -85,11 +84,9 @@ def progress(store: Store, name: str | None, running: dict | None = None) -> tup
     return text, job["status"] == "running" and ours
 
 
-def cancel(running: dict, name: str) -> str:
-    job = running.get(name)
-    if job is None or not (job.thread and job.thread.is_alive()):
+def cancel(jobs: InstructionJobs, name: str) -> str:
+    if not jobs.cancel(name):
         return "Nothing is being written."
-    job.cancel()
     return "Cancelling: the proposals written so far are kept."
 
 
@@ -145,7 +142,7 @@ def build(store: Store, project: gr.Dropdown, search: gr.Textbox, model: str | N
     """`model`: the edit model folder or demo; `engine`: device, dtype, savers and before_load for
     the writer, as the editor runs (empty: the engine's defaults)."""
     engine = engine or {}
-    running: dict[str, InstructionJob] = {}
+    jobs = InstructionJobs()
     with gr.Accordion("Write instructions from the images", open=False):
         note = gr.Markdown(model_note(store, model, None), elem_id="ds-writer-model")
         with gr.Row():
@@ -188,11 +185,11 @@ def build(store: Store, project: gr.Dropdown, search: gr.Textbox, model: str | N
     def on_start(name, vl, sc, query, template, words):
         if not name:
             raise gr.Error("Choose or create a project first.")
-        message = start(store, running, name, model, vl, sc, query, template, words, engine)
+        message = start(store, jobs, name, model, vl, sc, query, template, words, engine)
         return message, gr.Timer(active=True)
 
     def on_tick(name):
-        bar, alive = progress(store, name, running)
+        bar, alive = progress(store, name, jobs)
         return (bar, gr.Timer(active=alive), *refresh(name))
 
     def on_pick(name, evt: gr.SelectData):
@@ -210,7 +207,7 @@ def build(store: Store, project: gr.Dropdown, search: gr.Textbox, model: str | N
     start_button.click(on_start, [project, vl_model, scope, search, prompt, max_words],
                        [result, timer], api_name="dataset_write_instructions")
     timer.tick(on_tick, [project], [status, timer, pending, *review], api_name=False)
-    cancel_button.click(lambda name: cancel(running, name), [project], [result],
+    cancel_button.click(lambda name: cancel(jobs, name), [project], [result],
                         api_name="dataset_write_cancel")
     project.change(on_tick, [project], [status, timer, pending, *review], api_name=False)
     pending.select(on_pick, [project], review, api_name=False)
