@@ -246,9 +246,6 @@ class PreEncodes:
             self._children.pop(project, None)
         return progress(self.store, project)
 
-    def stop(self, project: str) -> bool:
-        return stop(self.store, project)
-
 
 # -- freeing the disk --------------------------------------------------------------------
 
