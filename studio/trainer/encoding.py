@@ -9,7 +9,7 @@ from pathlib import Path
 from studio.engine.savers import Savers
 
 from . import dist, parquet_pairs, validation
-from .cache import EncodedCache, PairEncoder, model_fingerprint
+from .cache import EncodedCache, EncodingProgress, PairEncoder, model_fingerprint
 from .data import DatasetError, load_pairs, load_validation_pairs
 
 log = logging.getLogger("studio.trainer")
@@ -76,6 +76,8 @@ def encoded_source(args, pairs, info, device, dtype, stop, held_out=()):
     keys = (known if known is not None else [cache.key(p) for p in pairs]) + \
         [cache.key(p) for p in held_out]
     missing = [i for i, k in enumerate(keys) if not cache.has(k)]
+    progress = EncodingProgress(args.output_path, cache, [keys[i] for i in missing], count,
+                                dist.world(), writes=dist.is_main())
     dist.barrier()  # all processes agree on `missing` before anyone adds to the cache
     if missing:
         from tqdm import tqdm
@@ -92,11 +94,13 @@ def encoded_source(args, pairs, info, device, dtype, stop, held_out=()):
                 if stop:
                     break  # what is encoded stays cached
                 cache.save(keys[i], encoder.encode(pair(i)))
+                progress.encoded_one()
             encoder.release()  # the text encoder and VAE leave the device here
             log.info("rank %d encoded its %d pair(s)", dist.rank(), len(mine))
     elif dist.is_main():
         log.info("all %d pairs found in the cache %s", count, cache.root)
     dist.barrier()
+    progress.ended()
     if dist.any_true(bool(stop)):
         raise SystemExit(0)
     return lambda i: cache.load(keys[i])
