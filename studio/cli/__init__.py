@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..engine import optional_torchao
+from ..engine.savers import Savers
 from . import adapters, compare, dataset, edit, models, project, recipe, sources, train
 
 COMMAND_MODULES = (models, project, dataset, sources, train, edit, compare, adapters, recipe)
@@ -23,8 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, program: bool = False) -> int:
+    """`program`: this process is `python -m studio` itself, not a test's call."""
     args = build_parser().parse_args(argv)
+    if program:  # before anything imports diffusers, which would import torchao with it
+        optional_torchao.keep_out_unless(Savers.of(args).quantized)
     try:
         return int(args.handler(args) or 0)
     except (ValueError, KeyError, FileNotFoundError) as exc:

@@ -6,4 +6,4 @@ die_with_parent()  # first: a trainer must not outlive the launcher of a supervi
 
 from .loop import main  # noqa: E402
 
-sys.exit(main())
+sys.exit(main(program=True))

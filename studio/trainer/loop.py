@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
+from studio.engine import optional_torchao
 from studio.engine.devices import peak_memory_gb
+from studio.engine.savers import Savers
 
 from . import (checkpoint, dist, faults, retention, run_files, sample_render, samples,
                scoreboard, steplog, validation)
@@ -245,8 +247,11 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, program: bool = False) -> int:
+    """`program`: this process is `python -m studio.trainer` itself, not a test's call."""
     args = parse_args(argv)
+    if program:  # before anything imports diffusers, which would import torchao with it
+        optional_torchao.keep_out_unless(Savers.of(args).quantized)
     from studio.engine.model_folder import ModelFolderError
 
     output = Path(args.output_path).expanduser().resolve()

@@ -9,7 +9,7 @@ import gradio as gr
 
 from ..engine.editor import Editor
 from ..engine.models import resolve_model
-from ..engine import savers
+from ..engine import optional_torchao, savers
 from ..paths import projects_dir
 from ..store import Store
 from ..jobs.manager import JobManager
@@ -94,6 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # The app's process: its editor quantizes only if started so (nothing imported diffusers yet).
+    optional_torchao.keep_out_unless(savers.Savers.of(args).quantized)
     auth = parse_auth(args.auth)
     root = projects_dir(args.projects_dir)
     security.use_private_cache(root)  # before build_app: Gradio's file cache in the projects folder
