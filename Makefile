@@ -15,7 +15,7 @@ PORT ?= 7860
 # Test files run in parallel, one file per worker (module fixtures such as a trained run stay
 # shared within their file); up to 4 workers, one per core.
 WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
-PYTEST := $(PY) -m pytest -q -n $(WORKERS) --dist loadfile
+PYTEST := $(PY) -m pytest -q -n $(WORKERS) --dist loadfile --durations=15
 
 # The browser tests drive Debian's Chromium (Playwright's own browser download fails offline).
 CHROMIUM ?= /usr/bin/chromium

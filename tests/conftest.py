@@ -31,6 +31,52 @@ def demo_editor(demo_model):
     return Editor(demo_model, device="cpu")
 
 
+@pytest.fixture(scope="session")
+def app_url(demo_model, tmp_path_factory):
+    """One served app (python app.py on the demo model) for the tests that need one:
+    (its url, its projects folder). Each test works in its own project or its own files."""
+    from tests.app_process import running_app
+
+    folder = tmp_path_factory.mktemp("app")
+    projects = folder / "projects"
+    with running_app(["--model", str(demo_model), "--projects-dir", str(projects)],
+                     folder / "app.log") as url:
+        yield url, projects
+
+
+# The trainer arguments of the shared sampled run: a high learning rate so that 2 steps move
+# the demo model's output visibly.
+SAMPLED_ARGS = ["--max_steps", 4, "--save_steps", 2, "--sample_inference_steps", 2,
+                "--learning_rate", 3e-2]
+SAMPLED_IDS = ["val/0", "val/1"]  # with a slash: the sample file names must still be safe
+SAMPLED_SIZE = (64, 48)  # not the 64x64 of the training pairs: the output follows the target
+
+
+@pytest.fixture(scope="session")
+def sampled_run(demo_model, tmp_path_factory, worker_id):
+    """One real trainer run with sample edits at steps 2 and 4, shared by the sample and
+    scoreboard tests, also across xdist workers (the first trains it under a file lock, the
+    others wait and read it). Read-only: a test that changes it works on a copy.
+    Returns (dataset folder, output folder, the trainer's stderr)."""
+    from filelock import FileLock
+
+    from tests.trainer_helpers import add_validation_pairs, make_dataset, run_trainer
+
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared if worker_id == "master" else shared.parent  # the session's, not a worker's
+    data, out, log = shared / "sampled-data", shared / "sampled-run", shared / "sampled.log"
+    with FileLock(str(shared / "sampled.lock")):
+        if not log.exists():
+            add_validation_pairs(make_dataset(data), SAMPLED_IDS, size=SAMPLED_SIZE)
+            for i in range(len(SAMPLED_IDS)):  # targets that edit one box, as real pairs do
+                image = Image.open(data / f"images/source_v{i}.png").convert("RGB")
+                box = (20, 10, 44, 30)
+                image.paste(Image.eval(image.crop(box), lambda v: 255 - v), box)
+                image.save(data / f"images/edited_v{i}.png")
+            log.write_text(run_trainer(demo_model, data, out, *SAMPLED_ARGS).stderr)
+    return data, out, log.read_text()
+
+
 @pytest.fixture
 def projects(tmp_path, monkeypatch):
     """A fresh projects folder, also set as $STUDIO_PROJECTS_DIR for code that reads it."""

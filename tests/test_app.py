@@ -10,21 +10,11 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from studio.store import Store
-from tests.app_process import running_app
 from tests.conftest import make_image
 from tests.lora_files import random_lora, save_lora
 
 pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
 
-
-
-@pytest.fixture(scope="module")
-def app_url(demo_model, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("app")
-    projects = folder / "projects"
-    with running_app(["--model", str(demo_model), "--projects-dir", str(projects)],
-                     folder / "app.log") as url:
-        yield url, projects
 
 
 NO_ADAPTERS = (None, 1.0) * 3

@@ -195,20 +195,16 @@ def test_cli_compare_a_pair_as_json_and_edit_batch_its_validation(demo_model, pr
 
 
 @pytest.mark.slow
-def test_compare_tab_scores_against_the_pair_s_target(demo_model, tmp_path):
+def test_compare_tab_scores_against_the_pair_s_target(app_url, tmp_path):
     from gradio_client import Client, handle_file
-
-    from tests.app_process import running_app
 
     source, target = pair()
     source.save(tmp_path / "source.png")
     target.save(tmp_path / "target.png")
-    with running_app(["--model", str(demo_model), "--projects-dir", str(tmp_path / "projects")],
-                     tmp_path / "app.log") as url:
-        grid_path, note, files = Client(url, verbose=False).predict(
-            "default", handle_file(str(tmp_path / "source.png")),
-            handle_file(str(tmp_path / "target.png")), PROMPT, "", ["base"], "1", "0,1", "",
-            2, 1.0, 64, 64, api_name="/compare")
+    grid_path, note, files = Client(app_url[0], verbose=False).predict(
+        "default", handle_file(str(tmp_path / "source.png")),
+        handle_file(str(tmp_path / "target.png")), PROMPT, "", ["base"], "1", "0,1", "",
+        2, 1.0, 64, 64, api_name="/compare")
     assert "metrics against the dataset pair (mean of the seeds)" in note
     params = json.loads(next(open(f).read() for f in files if f.endswith(".json")))
     (column,) = params["columns"]

@@ -10,7 +10,6 @@ import pytest
 from studio.store import Store
 from tests.conftest import make_image
 from tests.dataset_helpers import jpeg
-from tests.test_app import app_url  # noqa: F401  (the module-scoped running app)
 
 pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
 
@@ -44,7 +43,7 @@ def session(url, who: int, folder, results: dict, errors: list):
         errors.append((who, repr(exc)))
 
 
-def test_two_sessions_add_pairs_and_edit_at_the_same_time(app_url, tmp_path):  # noqa: F811
+def test_two_sessions_add_pairs_and_edit_at_the_same_time(app_url, tmp_path):
     url, projects = app_url
     store = Store(projects)
     pairs_before = store.pairs.count("default")

@@ -3,36 +3,29 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from studio.trainer import scoreboard
-from tests.trainer_helpers import add_validation_pairs, lora, make_dataset, max_diff, run_trainer
+from tests.conftest import SAMPLED_ARGS as ARGS, SAMPLED_IDS as IDS
+from tests.trainer_helpers import lora, max_diff, run_trainer
 
 pytestmark = pytest.mark.slow  # whole training runs: not in make test-fast
 
-ARGS = ["--max_steps", 4, "--save_steps", 2, "--sample_inference_steps", 2, "--learning_rate", 3e-2]
-IDS = ["val/0", "val/1"]
+
+@pytest.fixture
+def dataset(sampled_run):
+    return sampled_run[0]
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    folder = add_validation_pairs(make_dataset(tmp_path_factory.mktemp("data") / "ds"), IDS,
-                                  size=(64, 48))
-    for i in range(len(IDS)):  # targets that edit one box of their source, as real pairs do
-        source = np.asarray(Image.open(folder / f"images/source_v{i}.png").convert("RGB")).copy()
-        source[10:30, 20:44] = 255 - source[10:30, 20:44]
-        Image.fromarray(source).save(folder / f"images/edited_v{i}.png")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def scored_run(demo_model, dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "scored"
-    run_trainer(demo_model, dataset, out, *ARGS)
-    return out
+@pytest.fixture
+def scored_run(sampled_run):
+    """The shared run (tests/conftest.py), whose pairs edit one box of their source."""
+    return sampled_run[1]
 
 
 def _psnr(a_path, b_path) -> float:
@@ -68,9 +61,11 @@ def test_the_table_has_means_worst_pairs_and_the_validation_loss(scored_run):
     assert scoreboard.best(table, "val_loss") == min(table, key=lambda r: r["val_loss"])["step"]
 
 
-def test_a_restart_keeps_the_rows_and_scores_what_a_kill_left(scored_run, demo_model, dataset):
+def test_a_restart_keeps_the_rows_and_scores_what_a_kill_left(scored_run, demo_model, dataset,
+                                                               tmp_path):
     """Drop step 4's row (as a kill before scoring leaves it): resuming the finished run scores
-    it again and leaves step 2's row as it was."""
+    it again and leaves step 2's row as it was. On a copy: the run is shared."""
+    scored_run = Path(shutil.copytree(scored_run, tmp_path / "copy"))
     path = scored_run / scoreboard.FILE
     kept = path.read_text().splitlines()
     path.write_text(kept[0] + "\n")

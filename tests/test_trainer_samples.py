@@ -10,27 +10,21 @@ from PIL import Image
 
 from studio.trainer.args import parse_args
 from studio.trainer.samples import file_names, list_samples
-from tests.trainer_helpers import add_validation_pairs, lora, make_dataset, max_diff, run_trainer
+from tests.conftest import SAMPLED_ARGS as ARGS, SAMPLED_SIZE as VAL_SIZE
+from tests.trainer_helpers import lora, max_diff, run_trainer
 
 pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
 
-# A high learning rate so that 2 steps move the demo model's output visibly.
-ARGS = ["--max_steps", 4, "--save_steps", 2, "--sample_inference_steps", 2, "--learning_rate", 3e-2]
-VAL_SIZE = (64, 48)  # a different shape from the 64x64 training pairs: output follows the target
+
+@pytest.fixture
+def dataset(sampled_run):
+    return sampled_run[0]
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    # Ids with a slash: the sample file names must still be safe.
-    return add_validation_pairs(make_dataset(tmp_path_factory.mktemp("data") / "ds"),
-                                ["val/0", "val/1"], size=VAL_SIZE)
-
-
-@pytest.fixture(scope="module")
-def sampled(demo_model, dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "sampled"
-    proc = run_trainer(demo_model, dataset, out, *ARGS)
-    return out, proc.stderr
+@pytest.fixture
+def sampled(sampled_run):
+    """The shared run of tests/conftest.py: (output folder, trainer's stderr)."""
+    return sampled_run[1], sampled_run[2]
 
 
 def test_samples_at_each_checkpoint_with_index(sampled, dataset):
