@@ -5,9 +5,12 @@ Pure functions, so the Train tab can show the exact command before anything star
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
 import sys
 from pathlib import Path
+
+import psutil
 
 from ..trainer.accelerate_config import make_config
 from ..trainer.options import studio_options, trainer_flags
@@ -83,7 +86,17 @@ def launch_command(opts: TrainOptions, config_file: Path, dataset_dir: Path, out
                    resume: bool = False, python: str = sys.executable,
                    cache_dir: Path | None = None) -> list[str]:
     return [python, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-            "-m", "studio.trainer", *trainer_args(opts, dataset_dir, output_dir, resume, cache_dir)]
+            *cpu_threads(opts), "-m", "studio.trainer",
+            *trainer_args(opts, dataset_dir, output_dir, resume, cache_dir)]
+
+
+def cpu_threads(opts: TrainOptions) -> list[str]:
+    """On CPU, the threads per process that accelerate would pick itself (the physical cores
+    shared by the node's processes), given so that it does not warn in every run log."""
+    if opts.device != "cpu" or "OMP_NUM_THREADS" in {**os.environ, **opts.env}:
+        return []
+    cores = psutil.cpu_count(logical=False) or 1
+    return ["--num_cpu_threads_per_process", str(max(1, cores // opts.processes_per_node))]
 
 
 def launch_env(opts: TrainOptions) -> dict[str, str]:
