@@ -16,7 +16,7 @@ from studio.trainer import run_files
 from studio.trainer.args import parse_args
 from studio.trainer.cache import EncodedCache, entry_files, keys_for
 from studio.trainer.data import Pair, load_pairs, load_validation_pairs
-from studio.trainer.loop import _encoded_source
+from studio.trainer.encoding import encoded_source
 from tests.test_dataset_tab import serve_dataset_tab
 
 # 64x64 targets, the edit image kept at that size: seconds per encode.
@@ -36,7 +36,7 @@ def run_trainer_encoding(store, project, opts, folder: Path) -> None:
     args = parse_args(launch.trainer_args(opts, dataset, folder / "output", False,
                                           encode_cache.cache_dir(store, project)))
     pairs = load_pairs(dataset) + load_validation_pairs(args)
-    _encoded_source(args, pairs, inspect_model_folder(Path(opts.model)), torch.device("cpu"),
+    encoded_source(args, pairs, inspect_model_folder(Path(opts.model)), torch.device("cpu"),
                     torch.float32, False)
 
 

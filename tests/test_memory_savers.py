@@ -144,14 +144,14 @@ def test_fp8_text_encoder_is_cached_apart_and_text_encoder_offload_is_not(demo_m
     from studio.engine.model_folder import inspect_model_folder
     from studio.trainer.args import parse_args
     from studio.trainer.data import load_pairs
-    from studio.trainer.loop import _encoded_source
+    from studio.trainer.encoding import encoded_source
 
     ds = make_dataset(tmp_path / "ds", n=1)
 
     def encoded(*flags):
         args = parse_args(["--model_path", str(demo_model), "--dataset_base_path", str(ds), *FAST,
-                           *flags])
-        get = _encoded_source(args, load_pairs(ds), inspect_model_folder(demo_model),
+                           "--output_path", str(tmp_path / "out"), *flags])
+        get = encoded_source(args, load_pairs(ds), inspect_model_folder(demo_model),
                               torch.device("cpu"), torch.float32, stop=False)
         return get(0), len(list((ds / ".studio_cache").rglob("*.safetensors")))
 

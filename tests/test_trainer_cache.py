@@ -13,11 +13,12 @@ def _source(demo_model, ds, *extra):
     from studio.engine.model_folder import inspect_model_folder
     from studio.trainer.args import parse_args
     from studio.trainer.data import load_pairs
-    from studio.trainer.loop import _encoded_source
+    from studio.trainer.encoding import encoded_source
 
-    args = parse_args(["--model_path", str(demo_model), "--dataset_base_path", str(ds), *FAST, *extra])
+    args = parse_args(["--model_path", str(demo_model), "--dataset_base_path", str(ds), *FAST,
+                       "--output_path", str(ds.parent / "out"), *extra])
     pairs = load_pairs(ds)
-    get = _encoded_source(args, pairs, inspect_model_folder(demo_model), torch.device("cpu"),
+    get = encoded_source(args, pairs, inspect_model_folder(demo_model), torch.device("cpu"),
                           torch.float32, stop=False)
     return get, pairs
 

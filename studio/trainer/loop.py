@@ -24,7 +24,6 @@ from . import (checkpoint, dist, faults, retention, run_files, sample_render, sa
                scoreboard, steplog, validation)
 from .args import parse_args
 from .data import DatasetError
-from .encoding import encoded_source as _encoded_source  # noqa: F401 - tests encode through it
 from .lora_io import LoraFormatError, loaded
 from .objective import sample_loss
 from .run_setup import Run, TrainingError, setup
