@@ -8,7 +8,7 @@ from studio.cli import main
 from studio.dataset import importers, proposals
 from studio.engine.instruction_writer import EmptyInstruction, InstructionWriter
 from studio.jobs.instruction_writing import InstructionJob, WriteRequest
-from studio.store import Store
+from studio.store import NotFoundError, Store
 from tests.conftest import make_image
 
 PERSON = "Make the sky blue and the grass green"
@@ -128,6 +128,6 @@ def test_a_bad_review_file_applies_nothing_and_names_the_line(store, tmp_path):
         proposals.apply_review_file(store, "p", out)
     assert store.pairs.find("p", "pair0")["instruction"] == ""
     out.write_text(json.dumps({"proposal_id": 999, "proposed": "x"}) + "\n")
-    with pytest.raises(KeyError, match="no instruction proposal 999"):
+    with pytest.raises(NotFoundError, match="no instruction proposal 999"):
         proposals.apply_review_file(store, "p", out)
     assert store.proposals.count("p") == 1

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from studio.store import Store, now
+from studio.store import NotFoundError, Store, now
 from studio.trainer import run_files
 from studio.jobs.manager import JobManager
 from studio.jobs.run_folder import EXIT
@@ -158,7 +158,7 @@ def test_a_run_starts_from_a_project_adapter_and_a_misfit_one_is_refused(jobs, d
 
     with pytest.raises(ValueError, match="rank 4; set the LoRA rank"):
         jobs.submit("p", options(demo_model, lora_checkpoint=str(adapter["id"]), lora_rank=8))
-    with pytest.raises(KeyError, match="no adapter with id 999"):
+    with pytest.raises(NotFoundError, match="no adapter with id 999"):
         jobs.submit("p", options(demo_model, lora_checkpoint="999"))
 
     second = jobs.submit("p", options(demo_model, max_steps=2, save_steps=2,

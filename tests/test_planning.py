@@ -5,7 +5,7 @@ import pytest
 
 from studio.jobs import planning, results
 from studio.jobs.presets import DEMO, PRESET_CARD_GB, TRAIN_PRESETS, preset_options
-from studio.store import Store
+from studio.store import NotFoundError, Store
 
 
 @pytest.fixture
@@ -54,5 +54,5 @@ def test_a_run_with_no_scores_yet_has_no_best_adapters(store, tmp_path):
     assert results.scoreboard_rows(store, run["id"]) == []
     with pytest.raises(ValueError, match=f"no checkpoint of run {run['id']}"):
         results.best_adapters(store, run["id"], "psnr")
-    with pytest.raises(KeyError):
+    with pytest.raises(NotFoundError):
         results.scoreboard_rows(store, run["id"] + 1)

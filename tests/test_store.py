@@ -2,7 +2,7 @@ import sqlite3
 
 import pytest
 
-from studio.store import migrations as store_module
+from studio.store import NotFoundError, migrations as store_module
 from studio.store import SCHEMA_VERSION, Store
 from tests.conftest import make_image
 
@@ -85,5 +85,5 @@ def test_save_edit_keeps_images_and_parameters(tmp_path):
     assert (tmp_path / "p" / "edits").is_dir()
     from PIL import Image
     assert Image.open(saved["output_path"]).size == (32, 32)
-    with pytest.raises(KeyError):
+    with pytest.raises(NotFoundError):
         store.save_edit("missing", [make_image()], make_image(), params, 1.0)

@@ -10,6 +10,7 @@ import sys
 
 from ..engine import optional_torchao
 from ..engine.savers import Savers
+from ..store import NotFoundError
 from . import adapters, compare, dataset, edit, models, project, recipe, sources, train
 
 COMMAND_MODULES = (models, project, dataset, sources, train, edit, compare, adapters, recipe)
@@ -32,7 +33,6 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
         optional_torchao.keep_out_unless(Savers.of(args).quantized)
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
+    except (ValueError, NotFoundError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -37,7 +37,7 @@ def resolve_adapters(args, texts: list[str]):
     """Adapter ids need the store; plain files do not."""
     store = open_store(args) if any(
         t.split(":")[0].isdigit() for t in texts) else None
-    return [resolve_adapter(text, store.get_adapter if store else None) for text in texts]
+    return [resolve_adapter(text, store.require_adapter if store else None) for text in texts]
 
 
 def add_sampler_options(p) -> None:

@@ -41,14 +41,15 @@ def split_strength(text: str) -> tuple[str, float]:
     return text, 1.0
 
 
-def resolve_adapter(text: str, lookup: Callable[[int], dict | None] | None = None) -> AdapterRef:
+def resolve_adapter(text: str, lookup: Callable[[int], dict] | None = None) -> AdapterRef:
     """`7`, `7:0.8`, `lora.safetensors` or `lora.safetensors:1.5` -> an AdapterRef.
-    Numbers are adapter ids, looked up with `lookup(id)` -> {"path", "name"} (the store's)."""
+    Numbers are adapter ids, looked up with `lookup(id)` -> {"path", "name"}: the store's
+    require_adapter, which says when there is none."""
     ref, strength = split_strength(text.strip())
     if ref.isdigit():
-        row = lookup(int(ref)) if lookup else None
-        if row is None:
-            raise KeyError(f"no adapter with id {ref}; see: python -m studio adapters list --project NAME")
+        if lookup is None:
+            raise ValueError(f"adapter {ref}: an adapter id needs a project store")
+        row = lookup(int(ref))
         return AdapterRef(Path(row["path"]), strength, row["name"])
     path = Path(ref).expanduser()
     if not path.is_file():

@@ -28,7 +28,7 @@ class Made:
 
 def _ref(store: Store, text: str) -> tuple[AdapterRef, dict]:
     """`7`, `7:0.5`, `file.safetensors:0.5` -> the reference and its parent record."""
-    ref = resolve_adapter(str(text), store.get_adapter)
+    ref = resolve_adapter(str(text), store.require_adapter)
     ident = str(text).strip().rpartition(":")[0] or str(text).strip()
     parent = {"id": int(ident) if ident.isdigit() else None, "name": ref.name,
               "path": str(ref.path), "strength": ref.strength}
@@ -125,7 +125,7 @@ def inspect(store: Store, spec: str) -> dict:
     """The file's facts, and for a project adapter its origin as the store recorded it."""
     ref, parent = _ref(store, spec)
     facts = lora_tools.inspect(ref.path)
-    row = store.get_adapter(parent["id"]) if parent["id"] is not None else None
+    row = store.require_adapter(parent["id"]) if parent["id"] is not None else None
     if row is not None:
         facts["adapter"] = {"id": row["id"], "name": row["name"], "run_id": row["run_id"],
                             "step": row["step"], "origin": json.loads(row.get("origin") or "null")}

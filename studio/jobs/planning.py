@@ -32,7 +32,7 @@ def start_lora(store: Store, opts: TrainOptions) -> TrainOptions:
     if not opts.lora_checkpoint.strip():
         return opts
     try:
-        ref = resolve_adapter(opts.lora_checkpoint, store.get_adapter)
+        ref = resolve_adapter(opts.lora_checkpoint, store.require_adapter)
     except FileNotFoundError as exc:
         raise ValueError(f"LoRA to start from: {exc}") from None
     check_compatible(ref.path, opts.lora_rank, opts.lora_target_modules)

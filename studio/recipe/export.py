@@ -239,7 +239,7 @@ def _start_lora(store: Store, opts: TrainOptions, model_dir: Path) -> Path | Non
     base model before anything is written."""
     if not opts.lora_checkpoint.strip():
         return None
-    path = resolve_adapter(opts.lora_checkpoint, store.get_adapter).path
+    path = resolve_adapter(opts.lora_checkpoint, store.require_adapter).path
     check_compatible(path, opts.lora_rank, opts.lora_target_modules)
     base_mismatches(load_lora(path), model_dir)
     return path

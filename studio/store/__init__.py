@@ -2,14 +2,14 @@
 edits, adapters), pairs, proposals, runs and sources. Those import core only; this module joins them."""
 from __future__ import annotations
 
-from .core import BUSY_TIMEOUT_S, StoreCore, now
+from .core import BUSY_TIMEOUT_S, NotFoundError, StoreCore, now
 from .migrations import SCHEMA_VERSION
 from .pairs import Pairs
 from .proposals import Proposals
 from .runs import Runs
 from .sources import Sources
 
-__all__ = ["BUSY_TIMEOUT_S", "SCHEMA_VERSION", "Store", "now"]
+__all__ = ["BUSY_TIMEOUT_S", "NotFoundError", "SCHEMA_VERSION", "Store", "now"]
 
 
 class Store(StoreCore):

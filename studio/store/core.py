@@ -34,6 +34,11 @@ def now() -> str:
 BUSY_TIMEOUT_S = 30
 
 
+class NotFoundError(LookupError):
+    """A project, pair, run or proposal that the store does not hold. Its message is meant for
+    the user (a plain KeyError would be shown quoted, and would hide a programming error)."""
+
+
 class StoreCore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -122,7 +127,7 @@ class StoreCore:
     def require_project(self, name: str) -> dict[str, Any]:
         project = self.get_project(name)
         if project is None:
-            raise KeyError(f"no project named {name!r}; create it with: python -m studio project create {name}")
+            raise NotFoundError(f"no project named {name!r}; create it with: python -m studio project create {name}")
         return project
 
     def list_projects(self) -> list[dict[str, Any]]:
@@ -194,6 +199,13 @@ class StoreCore:
 
     def get_adapter(self, adapter_id: int) -> dict[str, Any] | None:
         return self._by_id("adapters", adapter_id)
+
+    def require_adapter(self, adapter_id: int) -> dict[str, Any]:
+        adapter = self.get_adapter(adapter_id)
+        if adapter is None:
+            raise NotFoundError(f"no adapter with id {adapter_id}; see: python -m studio adapters "
+                                f"list --project NAME")
+        return adapter
 
     def list_adapters(self, project: str) -> list[dict[str, Any]]:
         pid = self.require_project(project)["id"]

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .core import StoreCore, now
+from .core import NotFoundError, StoreCore, now
 
 SPLITS = ("train", "validation")
 _JSON_COLUMNS = {"extra_sources": [], "issues": [], "meta": {}}
@@ -278,7 +278,7 @@ class Pairs:
     def require(self, project: str, pair_id: int) -> dict[str, Any]:
         pair = self.get(project, pair_id)
         if pair is None:
-            raise KeyError(f"project {project!r} has no pair with id {pair_id}")
+            raise NotFoundError(f"project {project!r} has no pair with id {pair_id}")
         return pair
 
     def iterate(self, project: str, batch: int = 1000, split: str | None = None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from .core import StoreCore, now
+from .core import NotFoundError, StoreCore, now
 
 PENDING, ACCEPTED, REJECTED, SUPERSEDED = "pending", "accepted", "rejected", "superseded"
 
@@ -89,7 +89,7 @@ class Proposals:
             rows = list(self.db["instruction_proposals"].rows_where(
                 "project_id = ? AND id = ?", [self._pid(project), proposal_id]))
         if not rows:
-            raise KeyError(f"project {project!r} has no instruction proposal {proposal_id}")
+            raise NotFoundError(f"project {project!r} has no instruction proposal {proposal_id}")
         return rows[0]
 
     def decide(self, ids: Iterable[int], status: str, texts: dict[int, str] | None = None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .core import StoreCore, now
+from .core import NotFoundError, StoreCore, now
 
 STATUSES = ("queued", "running", "stopping", "stopped", "finished", "failed")
 ACTIVE = ("running", "stopping")
@@ -39,7 +39,7 @@ class Runs:
     def require(self, run_id: int) -> dict:
         run = self.get(run_id)
         if run is None:
-            raise KeyError(f"no run with id {run_id}; see: python -m studio runs list")
+            raise NotFoundError(f"no run with id {run_id}; see: python -m studio runs list")
         return run
 
     def update(self, run_id: int, **fields) -> dict:

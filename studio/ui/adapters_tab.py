@@ -9,10 +9,10 @@ import gradio as gr
 
 from ..engine.lora_files import LAYOUTS
 from ..jobs import adapter_tools
-from ..store import Store
+from ..store import NotFoundError, Store
 from . import common
 
-ERRORS = (ValueError, KeyError, FileNotFoundError)
+ERRORS = (ValueError, NotFoundError, FileNotFoundError)
 
 
 def _run(fn, *args, **kwargs) -> str:

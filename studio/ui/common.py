@@ -8,12 +8,12 @@ from PIL import Image
 
 from ..engine.adapters import AdapterRef, resolve_adapter
 from ..engine.presets import SAMPLER_PRESETS, sampler_settings
-from ..store import Store
+from ..store import NotFoundError, Store
 
 
 def user_error(exc: Exception) -> gr.Error:
-    """The exception's own message for the page (str() of a KeyError adds quotes)."""
-    return gr.Error(str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc))
+    """The exception's own message for the page."""
+    return gr.Error(str(exc))
 
 
 def adapter_choices(store: Store, project: str | None) -> list[tuple[str, str]]:
@@ -29,8 +29,8 @@ def to_adapter(store: Store, value: str | None, strength: float | None = None) -
     if not value or not str(value).strip():
         return None
     try:
-        ref = resolve_adapter(str(value), store.get_adapter)
-    except (KeyError, FileNotFoundError, ValueError) as exc:
+        ref = resolve_adapter(str(value), store.require_adapter)
+    except (NotFoundError, FileNotFoundError, ValueError) as exc:
         raise user_error(exc)
     return ref if strength is None else AdapterRef(ref.path, float(strength), ref.label)
 
@@ -41,7 +41,7 @@ def load_pair(store: Store, project: str, pair_id) -> tuple[Image.Image, Image.I
         raise gr.Error("Choose a project and a pair id (see the Dataset tab).")
     try:
         pair = store.pairs.require(project, int(pair_id))
-    except KeyError as exc:
+    except NotFoundError as exc:
         raise user_error(exc)
     source = Image.open(store.pairs.path(project, pair["source_path"]))
     target = Image.open(store.pairs.path(project, pair["target_path"]))

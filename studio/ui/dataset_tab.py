@@ -20,7 +20,7 @@ from ..dataset.validate import validate_project
 from ..engine.models import MODEL_ENV
 from ..jobs import encode_cache, planning
 from ..jobs.presets import TRAIN_PRESETS
-from ..store import Store
+from ..store import NotFoundError, Store
 from . import instruction_review, source_panel
 from .common import user_error
 
@@ -92,7 +92,7 @@ def build(store: Store, project: gr.Dropdown, model: str | None = None, editor=N
             raise gr.Error("Choose or create a project first.")
         try:
             store.require_project(name)
-        except KeyError as exc:
+        except NotFoundError as exc:
             raise user_error(exc)
         return name
 

@@ -18,7 +18,7 @@ from ..engine.instruction_writer import (DEFAULT_MAX_WORDS, INSTRUCTION_PROMPT, 
 from ..engine.models import resolve_model
 from ..jobs.instruction_writing import InstructionJob, InstructionJobs, WriteRequest
 from ..paths import demo_model_dir
-from ..store import Store
+from ..store import NotFoundError, Store
 from .common import user_error
 
 SCOPES = [("Pairs without an instruction", "missing"), ("Pairs the search finds", "search"),
@@ -51,7 +51,7 @@ def start(store: Store, jobs: InstructionJobs, name: str, model: str | None, vl_
                            **{k: v for k, v in engine.items() if k != "before_load"})
     try:
         job = InstructionJob(store, request, before_load=engine.get("before_load"))
-    except (ValueError, KeyError) as exc:
+    except (ValueError, NotFoundError) as exc:
         raise user_error(exc)
     if not job.pair_ids:
         raise gr.Error("No pairs to write for: every pair has an instruction (choose all pairs "
@@ -123,7 +123,7 @@ def decide(store: Store, name: str, proposal_id, text: str, action: str, overwri
             result = proposals.reject(store, name, [int(proposal_id)])
         else:
             result = proposals.accept_all(store, name, overwrite)
-    except (KeyError, ValueError) as exc:
+    except (NotFoundError, ValueError) as exc:
         raise user_error(exc)
     return result.summary()
 
@@ -133,7 +133,7 @@ def undo(store: Store, name: str, pair_id) -> str:
         raise gr.Error("Select a pair in the table first.")
     try:
         return proposals.undo(store, name, int(pair_id))
-    except KeyError as exc:
+    except NotFoundError as exc:
         raise user_error(exc)
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..engine.model_folder import ModelFolderError
 from ..engine.models import resolve_model
-from ..store import Store
+from ..store import NotFoundError, Store
 from .common import user_error
 from ..recipe.external_log import follow_log
 from ..jobs.launch import TrainOptions
@@ -61,7 +61,7 @@ def build(store: Store, project: gr.Dropdown, model: gr.Textbox, env_text: gr.Te
             folder = resolve_model(options.model, store.root)
             out = export_folder(store, project_name, folder_text)
             script = export_recipe(store, project_name, folder, out, options)
-        except (ModelFolderError, ValueError, KeyError) as exc:
+        except (ModelFolderError, ValueError, NotFoundError) as exc:
             raise user_error(exc)
         readme = (script.parent / "README.txt").read_text()
         return f"Wrote `{script.parent}`\n\n```\n{readme}```"

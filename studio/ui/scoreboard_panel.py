@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from ..store import NotFoundError
 from ..engine.compare import BASE
 from ..engine.presets import SAMPLER_PRESETS
 from ..jobs import planning, results
@@ -101,7 +102,7 @@ def build(store, run_pick: gr.Dropdown, timer: gr.Timer) -> tuple[gr.Button, gr.
             return "", None, None
         try:
             rows = results.scoreboard_rows(store, int(run_id))
-        except KeyError:
+        except NotFoundError:
             return "", None, None
         return summary(rows, chosen), frame(rows, chosen), curve(rows, chosen)
 
@@ -118,5 +119,5 @@ def compare_picks(store, run_id, metric: str) -> list[str]:
         raise gr.Error("Choose a run first.")
     try:
         return [BASE, *(str(a["id"]) for a in results.best_adapters(store, int(run_id), metric))]
-    except (KeyError, ValueError) as exc:
+    except (NotFoundError, ValueError) as exc:
         raise user_error(exc)

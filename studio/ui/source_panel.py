@@ -11,7 +11,7 @@ import gradio as gr
 
 from ..dataset.attached import (CAN, CANNOT, attach_parquet, require_parquet_spec, sample,
                                 table_row)
-from ..store import Store
+from ..store import NotFoundError, Store
 from .common import user_error
 
 SAMPLE_HEADERS = ["location", "id", "image sizes", "prompt", "problems"]
@@ -61,7 +61,7 @@ def build(store: Store, project: gr.Dropdown) -> None:
             raise gr.Error("Choose or create a project first.")
         try:
             return store.sources.get(name)
-        except KeyError as exc:
+        except NotFoundError as exc:
             raise user_error(exc)
 
     def on_attach(name, spec, cols, progress=gr.Progress()):

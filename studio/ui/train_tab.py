@@ -7,6 +7,7 @@ from typing import NamedTuple
 import gradio as gr
 import pandas as pd
 
+from ..store import NotFoundError
 from ..jobs import planning
 from ..jobs.manager import JobManager
 from ..jobs.presets import DEMO, TRAIN_PRESETS
@@ -116,7 +117,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str) -> Tra
     def on_preview(project_name, model, env_text, *values):
         try:
             preview = planning.launch_preview(store, options_from(model, env_text, values))
-        except (ValueError, KeyError) as exc:
+        except (ValueError, NotFoundError) as exc:
             raise user_error(exc)
         config = json.dumps(preview["accelerate_config"], indent=2)
         text = f"```bash\n{preview['shell']}\n```\naccelerate config:\n```json\n{config}\n```"
@@ -129,14 +130,14 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str) -> Tra
     def on_plan(project_name, model, env_text, *values):
         try:
             planned = planning.memory_plan(store, options_from(model, env_text, values))
-        except (ValueError, KeyError, OSError) as exc:
+        except (ValueError, NotFoundError, OSError) as exc:
             raise user_error(exc)
         return "```\n" + planned.text() + "\n```"
 
     def on_preset_plans(model):
         try:
             planned, rows = planning.preset_plans(store, model or "demo")
-        except (ValueError, KeyError, OSError) as exc:
+        except (ValueError, NotFoundError, OSError) as exc:
             raise user_error(exc)
         return gr.Dataframe(pd.DataFrame(rows), visible=True, label=f"Every preset on {planned}")
 
@@ -145,7 +146,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str) -> Tra
             raise gr.Error("Choose or create a project first.")
         try:
             run = jobs.submit(project_name, options_from(model, env_text, values), name or None)
-        except (ValueError, KeyError) as exc:
+        except (ValueError, NotFoundError) as exc:
             raise user_error(exc)
         return gr.Dropdown(choices=runs_of(project_name), value=run["id"])
 
@@ -154,7 +155,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str) -> Tra
             return progress_html(0, None), "No run selected.", None, None, "", [], None
         try:
             snap = jobs.snapshot(int(run_id))
-        except KeyError:
+        except NotFoundError:
             return progress_html(0, None), "This run was deleted.", None, None, "", [], None
         run = snap["run"]
         parts = [f"**{run['status']}**", f"step {snap['step']}/{snap['total'] or '?'}"]
@@ -180,7 +181,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str) -> Tra
                 raise gr.Error("Choose a run first.")
             try:
                 getattr(jobs, action)(int(run_id))
-            except (ValueError, KeyError) as exc:
+            except (ValueError, NotFoundError) as exc:
                 raise user_error(exc)
             runs = runs_of(project_name)
             return gr.Dropdown(choices=runs, value=None if action == "delete" else int(run_id))
@@ -192,7 +193,7 @@ def build(store, jobs: JobManager, project: gr.Dropdown, model_path: str) -> Tra
             raise gr.Error("Choose a run first.")
         try:
             config = jobs.runs.require(int(run_id))["config"]
-        except KeyError as exc:
+        except NotFoundError as exc:
             raise user_error(exc)
         env = "\n".join(f"{k}={v}" for k, v in config.get("env", {}).items())
         return "Custom", config.get("model", "demo"), env, *form_values(config)
