@@ -6,14 +6,9 @@ import pytest
 from studio.jobs import planning, results
 from studio.jobs.presets import DEMO, PRESET_CARD_GB, TRAIN_PRESETS, preset_options
 from studio.store import NotFoundError, Store
+from tests.dataset_helpers import store  # noqa: F401 (a store with project 'p')
 
 
-@pytest.fixture
-def store(tmp_path):
-    store = Store(tmp_path / "projects")
-    store.create_project("p")
-    yield store
-    store.close()
 
 
 def test_a_relative_model_path_is_made_absolute_and_nothing_means_the_demo(store, demo_model,
