@@ -14,13 +14,21 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = ROOT / "artifacts" / "e2e"
 USER, PASSWORD = "e2e", "browser-pass"
+# The studio's runs wait at their step-4 checkpoint, its sample edits made, until they are
+# asked to stop (a fault point, studio/trainer/faults.py): the browser's Stop lands mid-run
+# by construction. They write FAULT_MARKER beside the projects folder when they get there.
+# (After the samples: accelerate's launcher SIGKILLs the trainer 5 s after relaying the stop,
+# and from there one step and a save are left, not the sample edits too.)
+FAULT_AT, FAULT_MARKER = "samples:4", "fault-marker"
 
 
 @pytest.fixture(scope="session")
 def studio(demo_model, tmp_path_factory):
     """(url, projects folder) of a studio that asks for a login, as on a shared node."""
     projects = tmp_path_factory.mktemp("e2e") / "projects"
-    env = dict(os.environ, STUDIO_AUTH=f"{USER}:{PASSWORD}")
+    env = dict(os.environ, STUDIO_AUTH=f"{USER}:{PASSWORD}", STUDIO_FAULT_AT=FAULT_AT,
+               STUDIO_FAULT_ACTION="pause-until-stop",
+               STUDIO_FAULT_MARKER=str(projects.parent / FAULT_MARKER))
     with running_app(["--model", str(demo_model), "--projects-dir", str(projects)],
                      tmp_path_factory.getbasetemp() / "e2e-app.log", env) as url:
         yield url, projects

@@ -5,14 +5,17 @@ the page shows and leaves a screenshot in artifacts/e2e/."""
 from __future__ import annotations
 
 import re
-import time
+from pathlib import Path
 
 from playwright.sync_api import Page, expect
 import pytest
 
+from studio.store import Store
+from studio.trainer import process_group
 from tests.conftest import make_image
 from tests.dataset_helpers import jpeg
-from tests.e2e.conftest import ARTIFACTS, PASSWORD, USER
+from tests.e2e.conftest import ARTIFACTS, FAULT_MARKER, PASSWORD, USER
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
 
@@ -48,16 +51,6 @@ def small_output(page: Page) -> None:
 
 def train_step(page: Page) -> int:
     return int(page.locator("#train-progress").get_attribute("data-step"))
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def log_in(page: Page, url: str) -> None:
@@ -104,14 +97,13 @@ def validate(page: Page) -> None:
     shot(page, "04-validated")
 
 
-def train_stop_resume(page: Page) -> None:
+def train_stop_resume(page: Page, projects: Path) -> None:
     open_tab(page, "Train")
     page.get_by_text("Trainer options", exact=True).click()
-    max_steps = page.get_by_label("Max steps")
-    max_steps.fill(str(TRAIN_STEPS))
-    max_steps.press("Tab")
-    # 1 MP edit images: steps slow enough on the demo to stop the run halfway.
-    page.locator("#train-edit-auto-resize input").check()
+    for label, value in (("Max steps", TRAIN_STEPS), ("Save every N steps", 4)):
+        field = page.get_by_label(label)
+        field.fill(str(value))
+        field.press("Tab")
     page.locator("#train-start").click()
     expect(page.locator("#train-run input").first).to_have_value(re.compile(r"#\d+"))
     first = wait_for(lambda: train_step(page) > 0 and train_step(page), 180, "the first step")
@@ -119,16 +111,19 @@ def train_stop_resume(page: Page) -> None:
     expect(page.locator("#train-status")).to_contain_text("loss")
     curve_before = page.locator("#train-loss").screenshot()
     shot(page, "05-training")
-    later = wait_for(lambda: train_step(page) > first + 1 and train_step(page), 120,
-                     "the progress bar to move")
-    assert page.locator("#train-loss").screenshot() != curve_before  # the curve grew
-    assert later < TRAIN_STEPS, "the run finished before it could be stopped"
+    # The trainer waits at its step-4 checkpoint until it is stopped (FAULT_AT): the run
+    # cannot end before the Stop, and stops one step later.
+    wait_for((projects.parent / FAULT_MARKER).exists, 180, "the trainer at its step-4 checkpoint")
+    wait_for(lambda: train_step(page) == 4, 60, "the progress bar at step 4")
 
     page.locator("#train-stop").click()
     expect(page.locator("#train-status")).to_contain_text("stopped", timeout=60_000)
-    stopped_at = train_step(page)
-    time.sleep(3)
-    assert train_step(page) == stopped_at  # nothing moves while stopped
+    stopped_at = wait_for(lambda: train_step(page) == 5 and 5, 60, "the progress bar at step 5")
+    assert stopped_at > first  # the progress bar moved (first <= 4: the trainer waited there)
+    assert page.locator("#train-loss").screenshot() != curve_before  # and the curve grew
+    # Nothing moves while stopped: no process of the run is left.
+    (run,) = Store(projects).runs.list(PROJECT)
+    assert run["status"] == "stopped" and not process_group.alive(run["pid"])
     shot(page, "06-stopped")
 
     page.locator("#train-resume").click()
@@ -190,7 +185,7 @@ def test_the_whole_path_in_a_browser(browser_page, studio, tmp_path):  # browser
         create_project(page)
         add_pairs(page, tmp_path)
         validate(page)
-        train_stop_resume(page)
+        train_stop_resume(page, projects)
         adapter = edit_with_adapter(page, tmp_path)
         compare_base_and_adapter(page, url, tmp_path, adapter)
     except Exception:
