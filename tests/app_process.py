@@ -24,7 +24,7 @@ def free_port() -> int:
 
 
 def wait_until_served(url: str, proc: subprocess.Popen, log: Path | None = None,
-                      timeout: float = 120) -> float:
+                      timeout: float = 300) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if proc.poll() is not None:
@@ -52,4 +52,4 @@ def running_app(args: list[str], log: Path, env: dict | None = None):
             yield url
         finally:
             proc.terminate()
-            proc.wait(timeout=30)
+            proc.wait(timeout=60)

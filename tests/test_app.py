@@ -1,6 +1,5 @@
 """The browser app, started as a user starts it, driven through its HTTP API."""
 import json
-import time
 import urllib.request
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from PIL import Image
 from studio.store import Store
 from tests.conftest import make_image
 from tests.lora_files import random_lora, save_lora
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow  # whole training runs or a served app: not in make test-fast
 
@@ -95,15 +95,15 @@ def test_train_tab_previews_starts_and_monitors_a_run(app_url, demo_model, capsy
 
     run = client.predict("trainee", str(demo_model), "tab-run", "", *form, api_name="/train_start")
     run_id = int(run["value"])  # the run picker, updated to the new run
-    deadline = time.monotonic() + 240
     steps_seen = set()
-    while time.monotonic() < deadline:
-        bar, status, curve, val_curve, log, gallery, files = client.predict(run_id,
-                                                                            api_name="/train_status")
-        steps_seen.add(int(bar.split('data-step="')[1].split('"')[0]))
-        if "**finished**" in status or "**failed**" in status:
-            break
-        time.sleep(1)
+
+    def ended():
+        shown = client.predict(run_id, api_name="/train_status")
+        steps_seen.add(int(shown[0].split('data-step="')[1].split('"')[0]))
+        return ("**finished**" in shown[1] or "**failed**" in shown[1]) and shown
+
+    bar, status, curve, val_curve, log, gallery, files = wait_for(ended, 240, "the run to end",
+                                                                  interval=1)
     assert "**finished**" in status, status
     assert "step 4/4" in status and "loss" in status and "peak memory" in status
     # The sample pairs hold one out: its loss before training and at both checkpoints.

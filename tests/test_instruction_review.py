@@ -1,5 +1,5 @@
 """The Dataset tab's instruction writer, driven through its handlers as the page calls them."""
-import time
+import threading
 
 import gradio as gr
 import numpy as np
@@ -11,6 +11,7 @@ from studio.store import Store
 from studio.ui import dataset_tab, instruction_review as review
 from tests.conftest import make_image
 from tests.test_instruction_writer import headless_copy
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -30,15 +31,20 @@ def test_write_review_and_apply_through_the_panel(store, demo_model):
     note = review.model_note(store, str(demo_model), "")
     assert "own text encoder" in note and "nonsense" in note  # the UI says so, as for edits
     jobs = InstructionJobs()
+    # The job's thread waits before its model loads (the before_load hook the UI frees the
+    # editor in) until the test lets it go: it is still writing when the second click comes.
+    loading, go_on = threading.Event(), threading.Event()
+    engine = {"device": "cpu", "before_load": lambda device: loading.set() or go_on.wait(120)}
     started = review.start(store, jobs, "p", str(demo_model), "", "missing", "",
-                           review.INSTRUCTION_PROMPT, 6, {"device": "cpu"})
+                           review.INSTRUCTION_PROMPT, 6, engine)
     assert "2 pair(s)" in started
+    assert loading.wait(120), "the writer's thread never got to its model"
     with pytest.raises(gr.Error, match="already being written"):  # its model is still loading
         review.start(store, jobs, "p", str(demo_model), "", "missing", "",
                      review.INSTRUCTION_PROMPT, 6, {"device": "cpu"})
-    deadline = time.monotonic() + 120
-    while review.progress(store, "p", jobs)[1] and time.monotonic() < deadline:
-        time.sleep(0.2)  # as the page polls
+    go_on.set()
+    wait_for(lambda: not review.progress(store, "p", jobs)[1], what="the writer to end",
+             interval=0.2)  # as the page polls
     bar, alive = review.progress(store, "p", jobs)
     assert not alive and "2 / 2 pairs · finished · 2 pending review" in bar and "<progress" in bar
 

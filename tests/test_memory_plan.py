@@ -114,10 +114,11 @@ def test_the_stand_in_folder_has_the_real_model_sizes(tmp_path):
                    "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl"):
         importlib.import_module(module)
 
-    started = time.perf_counter()
+    # CPU time, not wall time: what the building costs, whatever else the machine runs.
+    started = time.process_time()
     folder = shapes_folder(tmp_path / "shapes")
-    took = time.perf_counter() - started
+    took = time.process_time() - started
     # Qwen-Image's 20B transformer and Qwen2.5-VL-7B, as published.
     assert component_params(folder, "transformer") == pytest.approx(20.43e9, abs=0.05e9)
     assert component_params(folder, "text_encoder") == pytest.approx(8.29e9, abs=0.05e9)
-    assert took < 10, f"{took:.1f} s to build the meta models"
+    assert took < 10, f"{took:.1f} s of CPU to build the meta models"

@@ -5,7 +5,6 @@ import re
 import socket
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -50,13 +49,13 @@ def test_manual_launcher_node_zero_here_node_one_pasted(jobs, demo_model):
 
 
 def test_a_node_that_never_joins_fails_the_run_within_the_timeout(jobs, demo_model):
-    started = time.monotonic()
     run = jobs.submit("p", two_nodes(demo_model, join_timeout=8))
-    failed = jobs.wait(run["id"], timeout=120)
+    # The bound tells an 8 s join timeout from the default 600 s one, with room for a loaded
+    # machine's slow start (imports, the launcher): no tighter clock than that.
+    failed = jobs.wait(run["id"], timeout=300)
     assert failed["status"] == "failed"
     assert "not every node joined within 8s" in failed["error"]
     assert "127.0.0.1" in failed["error"]
-    assert time.monotonic() - started < 60
 
 
 def write_tool(folder: Path, name: str, body: str) -> None:

@@ -72,10 +72,11 @@ def importer(projects: str, folder: str, start, results) -> None:
         results.put(("crash", repr(exc)))
 
 
-def rewriter(projects: str, start, stop, results) -> None:
+def rewriter(projects: str, start, stop, rewrote, results) -> None:
     """Puts the prefix on, again and again while the imports run, and once after. (A pause
     between passes, as between a person's clicks: SQLite's busy wait is not a fair queue,
-    and a writer that never lets go would starve the others.)"""
+    and a writer that never lets go would starve the others.) `rewrote` is set after the
+    first pass: nothing stops it before that."""
     store = Store(projects)
     start.wait()
     try:
@@ -83,6 +84,7 @@ def rewriter(projects: str, start, stop, results) -> None:
         while not stop.is_set():
             rewrite_instructions(store, "p", Rewrite(prefix=PREFIX))
             passes += 1
+            rewrote.set()
             time.sleep(0.02)
         rewrite_instructions(store, "p", Rewrite(prefix=PREFIX))
         results.put(("rewrite", passes))
@@ -92,13 +94,17 @@ def rewriter(projects: str, start, stop, results) -> None:
 
 def run_at_once(projects: Path, folders: list[Path]) -> list[tuple]:
     """An importer per folder and a rewriter, separate processes released by one barrier."""
-    start, stop, results = SPAWN.Barrier(len(folders) + 1), SPAWN.Event(), SPAWN.Queue()
+    start, stop, rewrote = SPAWN.Barrier(len(folders) + 1), SPAWN.Event(), SPAWN.Event()
+    results = SPAWN.Queue()
     imports = [SPAWN.Process(target=importer, args=(str(projects), str(f), start, results))
                for f in folders]
-    rewrites = SPAWN.Process(target=rewriter, args=(str(projects), start, stop, results))
+    rewrites = SPAWN.Process(target=rewriter, args=(str(projects), start, stop, rewrote, results))
     for process in [*imports, rewrites]:
         process.start()
     outcomes = [results.get(timeout=120) for _ in imports]
+    # The rewriter's first pass, before it is stopped: a handshake, not a hope that a loaded
+    # machine scheduled it before the imports ended (it sets nothing if it crashed).
+    rewrote.wait(timeout=120)
     stop.set()
     outcomes.append(results.get(timeout=120))
     for process in [*imports, rewrites]:
@@ -124,7 +130,7 @@ def test_three_importers_and_a_rewriter_at_once_store_every_row_exactly_once(sha
     assert sum(added + present for _, added, present, _ in imports) == \
         3 * (UNIQUE + SHARED + VARIANTS + UNTITLED)
     [(_, passes)] = [o for o in outcomes if o[0] == "rewrite"]
-    assert passes > 0  # the rewriter ran while the imports did
+    assert passes > 0  # the rewriter ran (while the imports did, as far as they overlapped)
 
     store = Store(shared_project)
     rows = list(store.pairs.iterate("p"))
