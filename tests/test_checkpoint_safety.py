@@ -19,6 +19,8 @@ from PIL import Image
 from studio.trainer import run_files, steplog
 from tests.test_fault_injection import dataset, forks, trainer_argv  # noqa: F401 (fixtures)
 
+pytestmark = pytest.mark.slow  # whole training runs: not in make test-fast
+
 ARGS = ["--max_steps", 4, "--save_steps", 2, "--sample_steps", 0]
 
 
