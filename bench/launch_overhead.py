@@ -45,7 +45,7 @@ from studio.dataset.export import export_dataset  # noqa: E402
 from studio.dataset.validate import check_for_launch  # noqa: E402
 from studio.jobs import run_folder  # noqa: E402
 from studio.jobs.launch import TrainOptions  # noqa: E402
-from studio.jobs.presets import TRAIN_PRESETS  # noqa: E402
+from studio.jobs.presets import DEMO, preset_options  # noqa: E402
 from studio.jobs.manager import JobManager  # noqa: E402
 from studio.store import Store  # noqa: E402
 from studio.trainer import run_files  # noqa: E402
@@ -57,10 +57,9 @@ ENCODING = re.compile(r"encoding \d+ of \d+ pairs \(\d+ cached\)|all \d+ pairs f
 
 
 def options(model: Path, steps: int) -> TrainOptions:
-    return TrainOptions.from_dict({**TrainOptions().as_dict(), **TRAIN_PRESETS["Demo on CPU"],
-                                   "model": str(model), "max_pixels": PIXELS,
-                                   "edit_image_auto_resize": False, "max_steps": steps,
-                                   "save_steps": None, "sample_steps": 0})
+    return preset_options(DEMO, model=str(model), max_pixels=PIXELS,
+                          edit_image_auto_resize=False, max_steps=steps, save_steps=None,
+                          sample_steps=0)
 
 
 def disk_bytes(folder: Path) -> int:

@@ -10,7 +10,7 @@ from tqdm import tqdm
 from ..jobs import planning, results
 from ..jobs.manager import JobManager
 from ..jobs.launch import TrainOptions
-from ..jobs.presets import DEMO, TRAIN_PRESETS
+from ..jobs.presets import DEMO, TRAIN_PRESETS, preset_options
 from ..trainer import scoreboard
 from ..trainer.options import studio_options
 from .project import open_store
@@ -79,8 +79,7 @@ def options(args, preset: str | None = None) -> TrainOptions:
         if "save_steps" in given:
             raise SystemExit("give --save-steps or --num-checkpoints, not both")
         given["save_steps"] = None  # the checkpoints asked for win over the preset's cadence
-    return TrainOptions.from_dict({**TrainOptions().as_dict(),
-                                   **TRAIN_PRESETS[preset or args.preset], **given})
+    return preset_options(preset or args.preset, **given)
 
 
 def follow(jobs: JobManager, run_id: int) -> int:
