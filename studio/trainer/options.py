@@ -43,6 +43,7 @@ class Widget:
     section: str = TRAINING
     elem_id: str | None = None
     choices: tuple = ()  # a dropdown's, where the option itself takes any value
+    labels: dict = field(default_factory=dict)  # a dropdown's words for its choices
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,8 @@ OPTIONS: tuple[Option, ...] = (
     _opt("keep_best_by", str, scoreboard.VAL_LOSS, "what 'best' means for --keep_checkpoints: "
          "the validation loss, or a scoreboard metric of the sample edits (e.g. ssim, "
          "pixel_shift)", choices=tuple(scoreboard.CHOICES),
-         widget=Widget("dropdown", "Best checkpoint by", "validation loss, or a scoreboard metric")),
+         widget=Widget("dropdown", "Best checkpoint by", "validation loss, or a scoreboard metric",
+                       labels=scoreboard.LABELS)),
     _opt("report_to", str, "none", "also log to this experiment tracker (rank 0, through "
          "accelerate): tensorboard writes into <output_path>/tensorboard; wandb runs offline "
          "without WANDB_API_KEY; mlflow logs to <output_path>/mlruns unless MLFLOW_TRACKING_URI "

@@ -7,7 +7,6 @@ import gradio as gr
 from ..jobs.launch import TrainOptions
 from ..jobs.presets import TRAIN_PRESETS
 from ..trainer.options import form_options
-from ..trainer.scoreboard import LABELS
 
 OPTIONS = form_options()
 NAMES = [o.name for o in OPTIONS]  # the order of the event inputs
@@ -27,9 +26,8 @@ def widget(opt, value):
     if w.kind == "lora":  # the project's adapters, filled when a project is chosen, or a path
         return gr.Dropdown([], value=value or None, allow_custom_value=True, **common)
     if w.kind == "dropdown":
-        labels = LABELS if opt.name == "keep_best_by" else {}
-        return gr.Dropdown([(labels.get(c, c), c) for c in opt.choices or w.choices], value=value,
-                           **common)
+        return gr.Dropdown([(w.labels.get(c, c), c) for c in opt.choices or w.choices],
+                           value=value, **common)
     return gr.Textbox(value, **common)
 
 
